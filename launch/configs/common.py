@@ -1,0 +1,50 @@
+"""Defaults shared by every experiment config; each config overrides some."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = ""
+  c.scenario = "GG"              # GG | GNs | GNu
+  # Data.
+  c.dataset = "split_mnist"
+  c.dataset_options = ml_collections.ConfigDict()
+  c.data_dir = ""                # "" -> $SUPSUP_DATA_DIR, else tfds download
+  c.download = False
+  c.num_tasks = 5
+  c.seed = 0                     # weights, scores and data order
+  c.data_seed = ml_collections.config_dict.placeholder(int)  # None -> seed
+  # Model and masks.
+  c.model = "lenet300100"
+  c.model_options = ml_collections.ConfigDict()
+  c.num_outputs = 0              # 0 -> classes per task; more = superfluous neurons
+  c.init = "signed_constant"
+  c.mask_kind = "topk"           # topk | threshold
+  c.sparsity = 0.5               # top-k keep fraction k
+  c.er_sparsity = 0.0            # > 0: ER per-layer budget with this s
+  c.fast_conv = True             # exact custom-VJP conv (faster kernel grads on CPU)
+  c.transfer = False             # init scores from the mean of earlier tasks'
+  # Optimisation.
+  c.optimizer = "rmsprop"        # rmsprop | adam | sgd
+  c.learning_rate = 1e-4
+  c.momentum = 0.9
+  c.weight_decay = 0.0
+  c.schedule = "constant"        # constant | cosine
+  c.warmup_steps = 0
+  c.batch_size = 128
+  c.iterations_per_task = 1000
+  c.epochs_per_task = 0.0        # used when iterations_per_task == 0
+  c.tasks_in_parallel = 1        # GG: train this many tasks at once (vmap)
+  # Evaluation.
+  c.eval_after_tasks = ()        # extra evaluation points; the last task always
+  c.test_batch_size = 128
+  c.eval_batches_per_task = 0    # 0 = whole test split
+  c.inference_algorithm = "oneshot"   # oneshot | binary
+  c.inference_objective = "entropy"   # entropy (H) | g (G)
+  c.inference_examples = 1       # images per batch used to infer; 0 = all
+  c.per_example_inference = False
+  # Bookkeeping.
+  c.keep_scores = True
+  c.log_every_steps = 250
+  c.checkpoint_every_steps = 0   # 0 = only after each task
+  return c

@@ -1,0 +1,20 @@
+r"""GNu PermutedMNIST with 2500 tasks, LeNet 300-100 with 500 outputs.
+
+The full run trains 2.5M steps; on a CPU use fewer tasks or iterations:
+  python -m launch.main --config=launch/configs/gnu_permuted_mnist_2500.py \
+      --workdir=runs/gnu_permuted_mnist_2500
+Evaluation uses 10 test batches per task (the paper reports a figure only).
+"""
+from launch.configs import gnu_permuted_mnist_lenet
+
+
+def get_config():
+  c = gnu_permuted_mnist_lenet.get_config()
+  c.experiment = "gnu_permuted_mnist_2500"
+  c.num_tasks = 2500
+  c.num_outputs = 500
+  c.inference_objective = "g"
+  c.eval_after_tasks = (10, 50, 100, 250, 500, 1000, 1500, 2000, 2500)
+  c.eval_batches_per_task = 10
+  c.log_every_steps = 1000
+  return c

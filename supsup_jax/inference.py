@@ -1,0 +1,285 @@
+"""Task inference by the alpha-gradient of the superposed model (GN scenarios).
+
+With k masks in the bank, the superposed model is
+``p(alpha) = f(x; W * sum_i alpha_i M_i)``. The effective weights are linear in
+alpha, so the gradient of an objective w.r.t. alpha factorises:
+
+    d obj / d alpha_i = sum_layers < d obj / d W_eff , W * M_i >
+
+One backward pass at the uniform superposition gives G = (d obj/d W_eff) * W
+flattened to ``[num_bits]``; the k gradients are then one pass over the
+bit-packed bank. The pass uses a per-byte lookup table: for byte position j,
+``lut[j, v] = sum_b bit_b(v) * G[8j + b]``, so a task's gradient is
+``sum_j lut[j, rows[i, j]]`` and the masks are never unpacked to floats.
+Rows are processed a block of tasks at a time.
+
+Objectives (``objective=``):
+  * "entropy" (H): mean Shannon entropy of the softmax over all outputs.
+  * "g" (G): mean logsumexp of the logits where the real-class logits are
+    detached, so the gradient flows only through the superfluous neurons.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supsup_jax import masks as masks_lib
+from supsup_jax import tree as tree_lib
+from supsup_jax.bank import Layout, MaskBank
+from supsup_jax.training import MaskedModel
+
+OBJECTIVES = ("entropy", "g")
+ALGORITHMS = ("oneshot", "binary")
+
+
+def check_objective(objective: str) -> None:
+  if objective not in OBJECTIVES:
+    raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
+
+
+def objective_value(logits: jax.Array, objective: str, num_classes: int) -> jax.Array:
+  """Scalar objective of a batch of logits [B, num_outputs]."""
+  check_objective(objective)
+  if objective == "entropy":
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1))
+  if logits.shape[-1] <= num_classes:
+    raise ValueError(
+        f"objective 'g' needs superfluous neurons: the model has "
+        f"{logits.shape[-1]} outputs for {num_classes} classes")
+  logits = jnp.concatenate(
+      [jax.lax.stop_gradient(logits[:, :num_classes]), logits[:, num_classes:]], -1)
+  return jnp.mean(jax.nn.logsumexp(logits, axis=-1))
+
+
+def _logits(masked: MaskedModel, weights, masks, batch_stats, images):
+  # Models with batch norm but no statistics given use batch statistics.
+  train = False
+  if batch_stats is None:
+    batch_stats = {}
+  logits, _ = masked.logits_with_masks(weights, masks, batch_stats, images, train)
+  return logits
+
+
+def superposed_logits(masked: MaskedModel, weights, stacked_masks: Mapping,
+                      alphas: jax.Array, images: jax.Array,
+                      batch_stats: Mapping | None = None) -> jax.Array:
+  """Logits of the model with weights W * sum_i alphas[i] * masks[i].
+
+  Args:
+    stacked_masks: masks tree with a leading task axis ``[k, ...]``.
+    alphas: ``[k]`` coefficients.
+    images: ``[B, *input_shape]``.
+  Returns:
+    logits ``[B, num_outputs]``. Pure: works under jit, grad and vmap.
+  """
+  mixed = jax.tree.map(lambda m: jnp.tensordot(alphas, m, axes=1), dict(stacked_masks))
+  return _logits(masked, weights, mixed, batch_stats, images)
+
+
+def superposed_objective(masked: MaskedModel, weights, stacked_masks, alphas,
+                         images, objective: str = "entropy", batch_stats=None):
+  return objective_value(
+      superposed_logits(masked, weights, stacked_masks, alphas, images, batch_stats),
+      objective, masked.num_classes)
+
+
+def effective_weight_grad(masked: MaskedModel, weights, mixed_masks: Mapping,
+                          images, objective: str, batch_stats=None) -> dict:
+  """G = (d obj / d W_eff) * W at W_eff = W * mixed_masks, over maskable leaves."""
+  maskable = tree_lib.maskable_subtree(weights)
+  paths = set(tree_lib.flatten(mixed_masks))
+  w_masked = {p: v for p, v in tree_lib.flatten(maskable).items() if p in paths}
+  w_masked = tree_lib.unflatten(w_masked)
+
+  def obj(effective):
+    # Effective weights replace the masked leaves of the full weight tree:
+    # apply_masks with "masks" = effective / W would divide; instead merge.
+    flat = tree_lib.flatten(weights)
+    flat.update(tree_lib.flatten(effective))
+    params = tree_lib.unflatten(flat)
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    logits = masked.model.apply(variables, images, train=False)
+    return objective_value(logits, objective, masked.num_classes)
+
+  effective = jax.tree.map(jnp.multiply, w_masked, dict(mixed_masks))
+  grad_eff = jax.grad(obj)(effective)
+  return jax.tree.map(jnp.multiply, grad_eff, w_masked)
+
+
+def _byte_lut(flat_g: jax.Array, num_bytes: int) -> jax.Array:
+  """lut[j, v] = sum_b bit_b(v) * g[8j + b] (numpy bit order: MSB first)."""
+  g = jnp.pad(flat_g, (0, num_bytes * 8 - flat_g.shape[0])).reshape(num_bytes, 8)
+  values = jnp.arange(256, dtype=jnp.uint8)
+  shifts = (7 - jnp.arange(8)).astype(jnp.uint8)
+  bits = ((values[:, None] >> shifts[None, :]) & 1).astype(g.dtype)  # [256, 8]
+  return g @ bits.T  # [num_bytes, 256]
+
+
+def bank_dot(rows: jax.Array, flat_g: jax.Array, *, packed: bool = True,
+             block: int = 100) -> jax.Array:
+  """``unpack(rows) @ flat_g`` for all rows, without unpacking to floats.
+
+  Args:
+    rows: ``[k, bytes]`` uint8 (packed) or ``[k, num_bits]`` bool.
+    flat_g: ``[num_bits]`` float32.
+    block: tasks processed together (bounds peak memory to block x bytes).
+  Returns:
+    ``[k]`` float32.
+  """
+  k = rows.shape[0]
+  pad = (-k) % block
+  if pad:
+    rows = jnp.pad(rows, ((0, pad), (0, 0)))
+  blocks = rows.reshape(-1, block, rows.shape[1])
+  if packed:
+    lut = _byte_lut(flat_g, rows.shape[1])
+    def one(rb):
+      return jnp.take_along_axis(lut, rb.T.astype(jnp.int32), axis=1).sum(0)
+  else:
+    def one(rb):
+      return rb.astype(flat_g.dtype) @ flat_g
+  return jax.lax.map(one, blocks).reshape(-1)[:k]
+
+
+@functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
+                                              "packed", "block"))
+def _alpha_grad(masked, layout, weights, rows, counts, num_tasks, images,
+                batch_stats, objective, packed, block):
+  mean = layout.unflatten(counts.astype(jnp.float32) / num_tasks)
+  g_tree = effective_weight_grad(masked, weights, mean, images, objective, batch_stats)
+  return bank_dot(rows, layout.flatten(g_tree), packed=packed, block=block)
+
+
+def alpha_grad(masked: MaskedModel, weights, bank: MaskBank, images: jax.Array, *,
+               objective: str = "entropy", batch_stats=None,
+               block: int = 100) -> jax.Array:
+  """d obj / d alpha at the uniform superposition of all tasks in ``bank``.
+
+  images: ``[B, *input_shape]``. Returns ``[bank.num_tasks]`` float32.
+  Uses the bank's incrementally kept mean mask; rows are the bank's storage.
+  """
+  check_objective(objective)
+  if bank.num_tasks == 0:
+    raise ValueError("task inference needs at least one mask in the bank")
+  return _alpha_grad(masked, bank.layout, weights, bank.rows, bank.counts,
+                     jnp.float32(bank.num_tasks), images, batch_stats,
+                     objective, bank.packed, block)
+
+
+@functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
+                                              "packed", "block"))
+def _alpha_grads_many(masked, layout, weights, rows, counts, num_tasks,
+                      images_many, batch_stats, objective, packed, block):
+  mean = layout.unflatten(counts.astype(jnp.float32) / num_tasks)
+
+  def one(images):
+    return layout.flatten(effective_weight_grad(masked, weights, mean, images,
+                                                objective, batch_stats))
+
+  g = jax.vmap(one)(images_many)  # [N, num_bits]
+  k = rows.shape[0]
+  pad = (-k) % block
+  blocks = jnp.pad(rows, ((0, pad), (0, 0))).reshape(-1, block, rows.shape[1])
+
+  def per_block(rb):
+    bits = jnp.unpackbits(rb, axis=-1, count=layout.num_bits) if packed else rb
+    return bits.astype(jnp.float32) @ g.T  # [block, N]
+
+  out = jax.lax.map(per_block, blocks).reshape(-1, g.shape[0])[:k]
+  return out.T
+
+
+def alpha_grads_many(masked: MaskedModel, weights, bank: MaskBank,
+                     images_many: jax.Array, *, objective: str = "entropy",
+                     batch_stats=None, block: int = 64) -> jax.Array:
+  """Alpha-gradients for N independent inference units at once.
+
+  images_many: ``[N, n, *input_shape]`` (N units of n images each).
+  Returns ``[N, bank.num_tasks]``. With N > 1 the pass over the bank is one
+  matrix product per block of unpacked masks, so it costs little more than N=1.
+  """
+  check_objective(objective)
+  if bank.num_tasks == 0:
+    raise ValueError("task inference needs at least one mask in the bank")
+  return _alpha_grads_many(masked, bank.layout, weights, bank.rows, bank.counts,
+                           jnp.float32(bank.num_tasks), images_many, batch_stats,
+                           objective, bank.packed, block)
+
+
+def oneshot(masked: MaskedModel, weights, bank: MaskBank, images, *,
+            objective: str = "entropy", batch_stats=None) -> int:
+  """One-shot task inference: argmin of the alpha-gradient."""
+  return int(jnp.argmin(alpha_grad(masked, weights, bank, images,
+                                   objective=objective, batch_stats=batch_stats)))
+
+
+@functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
+                                              "packed", "block"))
+def _alpha_grad_subset(masked, layout, weights, rows, alive, images, batch_stats,
+                       objective, packed, block):
+  """Gradient at alpha uniform over the ``alive`` tasks (bool [k])."""
+  alive_f = alive.astype(jnp.float32)
+  n_alive = jnp.sum(alive_f)
+  # Mean of the alive masks, via the same byte-LUT pass with the roles swapped:
+  # unpack only once per block by using bank_dot on one-hot columns is costly,
+  # so unpack rows in blocks and accumulate.
+  def body(carry, xs):
+    rb, ab = xs
+    bits = (jnp.unpackbits(rb, axis=-1, count=layout.num_bits) if packed else rb)
+    return carry + ab @ bits.astype(jnp.float32), None
+
+  k = rows.shape[0]
+  pad = (-k) % block
+  rows_p = jnp.pad(rows, ((0, pad), (0, 0)))
+  alive_p = jnp.pad(alive_f, (0, pad))
+  total, _ = jax.lax.scan(body, jnp.zeros((layout.num_bits,), jnp.float32),
+                          (rows_p.reshape(-1, block, rows.shape[1]),
+                           alive_p.reshape(-1, block)))
+  mean = layout.unflatten(total / n_alive)
+  g_tree = effective_weight_grad(masked, weights, mean, images, objective, batch_stats)
+  return bank_dot(rows, layout.flatten(g_tree), packed=packed, block=block)
+
+
+def binary(masked: MaskedModel, weights, bank: MaskBank, images, *,
+           objective: str = "entropy", batch_stats=None, block: int = 100) -> int:
+  """Binary task inference: keep the half of the candidates with the smallest
+  gradient, reset alpha uniform over them, repeat (<= log2 k + 1 rounds)."""
+  check_objective(objective)
+  k = bank.num_tasks
+  if k == 0:
+    raise ValueError("task inference needs at least one mask in the bank")
+  alive = np.ones(k, bool)
+  rows = bank.rows
+  while alive.sum() > 1:
+    if alive.all():
+      g = np.asarray(alpha_grad(masked, weights, bank, images, objective=objective,
+                                batch_stats=batch_stats, block=block))
+    else:
+      g = np.asarray(_alpha_grad_subset(masked, bank.layout, weights, rows,
+                                        jnp.asarray(alive), images, batch_stats,
+                                        objective, bank.packed, block))
+    g = np.where(alive, g, np.inf)
+    keep = int(np.ceil(alive.sum() / 2))
+    order = np.argsort(g, kind="stable")
+    alive = np.zeros(k, bool)
+    alive[order[:keep]] = True
+  return int(np.flatnonzero(alive)[0])
+
+
+def infer_task(masked: MaskedModel, weights, bank: MaskBank, images, *,
+               algorithm: str = "oneshot", objective: str = "entropy",
+               batch_stats=None) -> int:
+  """Infers the task of a batch of images with the chosen algorithm."""
+  if algorithm not in ALGORITHMS:
+    raise ValueError(f"unknown inference algorithm {algorithm!r}; allowed: "
+                     f"{', '.join(ALGORITHMS)}")
+  fn = oneshot if algorithm == "oneshot" else binary
+  return fn(masked, weights, bank, images, objective=objective,
+            batch_stats=batch_stats)

@@ -1,0 +1,176 @@
+"""Scores and supermasks as pytrees, with straight-through gradients.
+
+``scores`` is a nested dict holding one real array per maskable weight leaf
+(see :mod:`supsup_jax.tree`). ``masks`` has the same structure, holding 0/1
+float arrays. Both are plain pytrees: ``jax.tree.map`` works on them, optax
+trains scores directly, and :func:`apply_masks` merges ``weights * masks`` into
+any Flax model's parameter tree.
+
+Mask functions return the binary mask in the forward pass and pass the incoming
+gradient straight through to the scores (dL/dscores := dL/dmask), as in
+edge-popup and SupSup.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supsup_jax import tree as tree_lib
+from supsup_jax.weights import fan_in
+
+MASK_KINDS = ("topk", "threshold")
+
+
+def _straight_through(scores: jax.Array, mask: jax.Array) -> jax.Array:
+  # (s - stop(s)) is exactly 0.0, so the forward value is exactly `mask`,
+  # while d/ds of the expression is the identity.
+  return (scores - jax.lax.stop_gradient(scores)) + jax.lax.stop_gradient(mask)
+
+
+def check_fraction(k: Any, name: str = "k") -> float:
+  """Validates a keep fraction in (0, 1] before any tracing."""
+  try:
+    value = float(k)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number in (0, 1], got {k!r}") from None
+  if not 0.0 < value <= 1.0 or math.isnan(value):
+    raise ValueError(f"{name} must be in (0, 1], got {k!r}")
+  return value
+
+
+def num_kept(k: float, size: int) -> int:
+  """round(k * size) with halves rounded up, and at least one entry."""
+  return max(1, int(math.floor(check_fraction(k) * size + 0.5)))
+
+
+def topk_mask(scores: jax.Array, k: float) -> jax.Array:
+  """Keeps exactly ``num_kept(k, scores.size)`` entries with largest |score|.
+
+  Ties are broken towards the lower flat index (``lax.top_k`` order), so the
+  result is deterministic. The gradient passes straight through to the
+  ranked quantity |scores| (as edge-popup does), so
+  dL/dscores = dL/dmask * sign(scores): equal to dL/dmask for non-negative
+  scores, and a weight that should be kept always gains rank.
+
+  Args:
+    scores: float array of any shape.
+    k: keep fraction in (0, 1] (static Python float).
+  Returns:
+    float32 0/1 mask with ``scores.shape``.
+  """
+  n_keep = num_kept(k, scores.size)
+  magnitude = jnp.abs(scores)
+  flat = jax.lax.stop_gradient(magnitude).reshape(-1)
+  if n_keep == flat.size:
+    mask = jnp.ones_like(flat)
+  else:
+    _, idx = jax.lax.top_k(flat, n_keep)
+    mask = jnp.zeros_like(flat).at[idx].set(1.0)
+  return _straight_through(magnitude, mask.reshape(scores.shape).astype(scores.dtype))
+
+
+def threshold_mask(scores: jax.Array) -> jax.Array:
+  """mask = 1[scores >= 0], straight-through (Piggyback style, no sort)."""
+  mask = (jax.lax.stop_gradient(scores) >= 0).astype(scores.dtype)
+  return _straight_through(scores, mask)
+
+
+def er_fraction(shape: tuple[int, ...], sparsity: float) -> float:
+  """ER budget of SPEC 2 for one kernel of shape (..., c_in, c_out).
+
+  min(0.5, s * (c_in + c_out) / (c_in * c_out * kh * kw)); larger s = denser.
+  """
+  if not sparsity > 0:
+    raise ValueError(f"ER sparsity must be > 0, got {sparsity!r}")
+  c_in, c_out = shape[-2], shape[-1]
+  spatial = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+  return min(0.5, sparsity * (c_in + c_out) / (c_in * c_out * spatial))
+
+
+def er_fractions(scores: Mapping, sparsity: float) -> dict:
+  """Per-layer keep fractions (a tree of Python floats like ``scores``)."""
+  return jax.tree.map(lambda s: er_fraction(tuple(np.shape(s)), sparsity),
+                      dict(scores))
+
+
+def init_scores(weights: Mapping, key: jax.Array, *,
+                is_maskable: tree_lib.MaskablePredicate = tree_lib.default_maskable
+                ) -> dict:
+  """Kaiming-uniform(a=sqrt(5)) scores for the maskable leaves of ``weights``.
+
+  With a = sqrt(5) the bound is 1/sqrt(fan_in). Each leaf gets its own key
+  folded from ``key`` and its position, so scores for different tasks come
+  from ``fold_in(key, task_id)``.
+  """
+  sub = tree_lib.maskable_subtree(weights, is_maskable)
+  leaves, treedef = jax.tree.flatten(sub)
+  keys = jax.random.split(key, len(leaves))
+  out = []
+  for leaf_key, w in zip(keys, leaves):
+    bound = 1.0 / math.sqrt(fan_in(w.shape))
+    out.append(jax.random.uniform(leaf_key, w.shape, jnp.float32, -bound, bound))
+  return jax.tree.unflatten(treedef, out)
+
+
+def _check_kind(kind: str) -> None:
+  if kind not in MASK_KINDS:
+    raise ValueError(f"unknown mask kind {kind!r}; allowed: {', '.join(MASK_KINDS)}")
+
+
+def masks_from_scores(scores: Mapping, kind: str = "topk",
+                      k: float | Mapping = 0.5) -> dict:
+  """Computes the masks tree from a scores tree.
+
+  Args:
+    scores: tree of score arrays.
+    kind: "topk" (per-layer top-k by |score|) or "threshold" (scores >= 0).
+    k: for top-k, a keep fraction in (0, 1] for every layer, or a tree of
+      per-layer fractions (e.g. :func:`er_fractions`).
+  """
+  _check_kind(kind)
+  scores = dict(scores)
+  if kind == "threshold":
+    return jax.tree.map(threshold_mask, scores)
+  if isinstance(k, Mapping):
+    fractions = dict(k)
+    jax.tree.map(check_fraction, fractions)
+    return jax.tree.map(topk_mask, scores, fractions)
+  check_fraction(k)
+  return jax.tree.map(lambda s: topk_mask(s, k), scores)
+
+
+def apply_masks(weights: Mapping, masks: Mapping) -> dict:
+  """Returns the parameter tree with every masked leaf replaced by W * M.
+
+  ``masks`` covers a subset of the leaves of ``weights`` (by path); other
+  leaves pass through unchanged. Works on any Flax params tree.
+  """
+  flat_w = tree_lib.flatten(weights)
+  flat_m = tree_lib.flatten(masks)
+  unknown = sorted(set(flat_m) - set(flat_w))
+  if unknown:
+    raise ValueError(
+        "mask tree does not match the weight tree: no weight at "
+        f"{[tree_lib.path_str(p) for p in unknown]}; weight leaves are "
+        f"{[tree_lib.path_str(p) for p in sorted(flat_w)]}")
+  out = {}
+  for path, w in flat_w.items():
+    if path in flat_m:
+      m = flat_m[path]
+      if jnp.shape(m) != jnp.shape(w):
+        raise ValueError(
+            f"mask {tree_lib.path_str(path)} has shape {jnp.shape(m)}, "
+            f"weight has {jnp.shape(w)}")
+      out[path] = w * m
+    else:
+      out[path] = w
+  return tree_lib.unflatten(out)
+
+
+def density(masks: Mapping) -> dict:
+  """Fraction of ones per layer (tree of scalars)."""
+  return jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32)), dict(masks))

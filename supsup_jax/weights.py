@@ -1,0 +1,167 @@
+"""Fixed random weights, derived from a seed and never trained.
+
+The weight tree is a pure function of ``(model, seed, example input shape,
+init)``: each maskable leaf draws its random bits from a counter-based Philox
+stream seeded by ``(seed, crc32(path))`` on the host, and turns them into
+float32 with exact arithmetic. Nothing depends on the accelerator, so the same
+seed gives bit-identical weights on CPU, GPU and TPU and across runs:
+**storing the seed is enough** to store the network.
+"""
+from __future__ import annotations
+
+import functools
+import zlib
+from typing import Any
+
+import flax.linen as nn
+from flax.core import meta
+import jax
+import numpy as np
+
+from supsup_jax import tree as tree_lib
+
+INITS = ("signed_constant", "unsigned_constant", "kaiming_normal",
+         "kaiming_uniform")
+
+
+def fan_in(shape: tuple[int, ...]) -> int:
+  """Fan-in of a Flax kernel: all axes but the last (output) one."""
+  return int(np.prod(shape[:-1]))
+
+
+def _check_init(init: str) -> None:
+  if init not in INITS:
+    raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
+
+
+def _all_bits(seed: int, requests: dict) -> dict:
+  """uint32 bits for many leaves: {path: (count, *shape)} -> arrays.
+
+  Each leaf has its own Philox stream seeded by (seed, crc32(path)), so its
+  bits depend only on the seed and its own path, never on other leaves.
+  Philox's raw output is specified bit-for-bit (NumPy's BitGenerator
+  contract), so it is the same on every platform and NumPy version.
+  """
+  out = {}
+  for path, shape in requests.items():
+    n = int(np.prod(shape))
+    stream = np.random.Philox(np.random.SeedSequence(
+        [int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF,
+         zlib.crc32(tree_lib.path_str(path).encode())]))
+    raw = stream.random_raw((n + 1) // 2).astype("<u8").view("<u4")
+    out[path] = raw[:n].reshape(shape)
+  return out
+
+
+def _leaf_bits(seed: int, path: tree_lib.Path, shape, count: int = 1) -> np.ndarray:
+  """uint32 random bits [count, *shape] for one leaf, from (seed, path)."""
+  return _all_bits(seed, {path: (count, *shape)})[path]
+
+
+def _bits_per_draw(init: str) -> int:
+  return {"unsigned_constant": 0, "kaiming_normal": 2}.get(init, 1)
+
+
+def _uniform01(bits: np.ndarray) -> np.ndarray:
+  """Exact uniform floats in [0, 1) from the top 24 bits (float64)."""
+  return (bits >> 8).astype(np.float64) * (1.0 / (1 << 24))
+
+
+def random_kernel(seed: int, path: tree_lib.Path, shape: tuple[int, ...],
+                  init: str = "signed_constant",
+                  gain: float = float(np.sqrt(2.0)),
+                  bits: np.ndarray | None = None) -> np.ndarray:
+  """One fixed random kernel as float32 numpy, fan-in taken from ``shape``.
+
+  ``bits`` (uint32 [n, *shape]) may be passed in when drawn in bulk.
+  """
+  _check_init(init)
+  std = gain / np.sqrt(fan_in(shape))
+  if init == "unsigned_constant":
+    return np.full(shape, std, np.float32)
+  if bits is None:
+    bits = _leaf_bits(seed, path, shape, _bits_per_draw(init))
+  if init == "signed_constant":
+    signs = np.where(bits[0] & 1, 1.0, -1.0)
+    return (signs * std).astype(np.float32)
+  if init == "kaiming_uniform":
+    bound = std * np.sqrt(3.0)
+    u = _uniform01(bits[0])
+    return ((2.0 * u - 1.0) * bound).astype(np.float32)
+  # kaiming_normal: Box-Muller in float64, rounded to float32.
+  u1 = 1.0 - _uniform01(bits[0])  # (0, 1]
+  u2 = _uniform01(bits[1])
+  z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+  return (z * std).astype(np.float32)
+
+
+def init_weights(model: nn.Module, seed: int, example_input: Any, *,
+                 init: str = "signed_constant",
+                 gain: float = float(np.sqrt(2.0)),
+                 is_maskable: tree_lib.MaskablePredicate = tree_lib.default_maskable,
+                 **apply_kwargs) -> dict:
+  """Builds the immutable random weight tree of any Flax Linen model.
+
+  Args:
+    model: a Flax Linen module.
+    seed: integer seed; the whole tree is a function of it.
+    example_input: an array (or ShapeDtypeStruct) with a batch axis, e.g.
+      ``jnp.zeros((1, 28, 28, 1))``; only its shape is used.
+    init: one of ``INITS``; applied to the maskable leaves (kernels).
+      Non-maskable leaves (biases, norm scales) keep the model's own
+      initialiser, drawn from the same seed.
+    gain: Kaiming gain; sqrt(2) for ReLU.
+    is_maskable: predicate on (path, leaf) choosing the leaves to re-draw.
+    **apply_kwargs: extra keyword arguments for ``model.init`` (e.g. train=False).
+
+  Returns:
+    The ``params`` collection as a nested dict of float32 arrays.
+  """
+  _check_init(init)
+  if not isinstance(seed, (int, np.integer)):
+    raise ValueError(f"seed must be an int, got {seed!r}")
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.key(seed), x, **apply_kwargs),
+      jax.ShapeDtypeStruct(np.shape(example_input), np.float32))
+  params_shape = tree_lib.unbox(shapes["params"])
+  flat_shapes = tree_lib.flatten(params_shape)
+  maskable = set(tree_lib.maskable_paths(params_shape, is_maskable))
+  if len(maskable) < len(flat_shapes):
+    # The non-maskable leaves use the model's initialisers.
+    variables = jax.jit(functools.partial(model.init, **apply_kwargs))(
+        jax.random.key(seed), np.zeros(np.shape(example_input), np.float32))
+    others = tree_lib.flatten(variables["params"])
+  else:
+    others = {}
+  n_draws = _bits_per_draw(init)
+  bits = _all_bits(seed, {p: (n_draws, *flat_shapes[p].shape)
+                          for p in maskable}) if n_draws else {}
+  flat = {}
+  for path, leaf in flat_shapes.items():
+    if path in maskable:
+      flat[path] = jax.numpy.asarray(random_kernel(
+          seed, path, tuple(leaf.shape), init, gain, bits.get(path)))
+    else:
+      flat[path] = jax.numpy.asarray(others[path])
+  return tree_lib.unflatten(flat)
+
+
+def init_model_state(model: nn.Module, example_input: Any, **apply_kwargs) -> dict:
+  """The non-param collections (e.g. ``batch_stats``) at their initial value."""
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, **apply_kwargs),
+      jax.ShapeDtypeStruct(np.shape(example_input), np.float32))
+  state = {k: v for k, v in variables.items() if k != "params"}
+  if not state:
+    return {}
+  if set(state) == {"batch_stats"}:
+    # Flax BatchNorm starts its running mean at 0 and variance at 1; filling
+    # them from shapes avoids compiling the whole model once more.
+    def fill(path, leaf):
+      value = 1.0 if path[-1].key == "var" else 0.0
+      return jax.numpy.full(leaf.shape, value, leaf.dtype)
+    return {"batch_stats": jax.tree_util.tree_map_with_path(
+        fill, meta.unbox(state["batch_stats"]))}
+  real = jax.jit(functools.partial(model.init, **apply_kwargs))(
+      jax.random.key(0), np.zeros(np.shape(example_input), np.float32))
+  return {k: v for k, v in real.items() if k != "params"}
