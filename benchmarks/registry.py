@@ -185,20 +185,23 @@ def load_all() -> dict[str, Benchmark]:
 
 
 def select(names: str | None) -> list[Benchmark]:
-  """``--only`` filter: comma list of exact names or prefixes (``foo*`` or
-  ``foo`` matching ``foo...``)."""
+  """``--only`` filter: a comma list of tokens. A token that is exactly a
+  registered name selects that row only; otherwise (or with a trailing
+  ``*``) it selects every row whose name starts with it."""
   if not names:
     return list(REGISTRY.values())
-  wanted = [w.strip() for w in names.split(",") if w.strip()]
-  out = []
-  for b in REGISTRY.values():
-    for w in wanted:
-      if b.name == w or b.name.startswith(w.rstrip("*")):
-        out.append(b)
-        break
-  if not out:
-    raise ValueError(f"--only {names!r} matches none of {sorted(REGISTRY)}")
-  return out
+  chosen = set()
+  for w in (w.strip() for w in names.split(",")):
+    if not w:
+      continue
+    if not w.endswith("*") and w in REGISTRY:
+      chosen.add(w)
+      continue
+    hits = [n for n in REGISTRY if n.startswith(w.rstrip("*"))]
+    if not hits:
+      raise ValueError(f"--only {w!r} matches none of {sorted(REGISTRY)}")
+    chosen.update(hits)
+  return [b for n, b in REGISTRY.items() if n in chosen]
 
 
 def _subprocess_main(module: str, name: str) -> None:

@@ -37,8 +37,7 @@ Use it in Flax via ``supsup_jax.conv.Conv`` (= ``nn.Conv`` with this conv)::
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax

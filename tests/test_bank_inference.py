@@ -1,0 +1,178 @@
+"""Mask bank storage and alpha-gradient task inference."""
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from supsup_jax import bank as bank_lib
+from supsup_jax import inference
+from supsup_jax import masks as masks_lib
+from supsup_jax import models
+from supsup_jax import training
+from supsup_jax import weights as weights_lib
+
+X28 = np.zeros((1, 28, 28, 1), np.float32)
+
+
+def _setup(outputs=10, classes=10):
+  model = models.LeNet300100(outputs)
+  weights = weights_lib.init_weights(model, 0, X28)
+  masked = training.MaskedModel(model, training.MaskSpec("threshold"), classes)
+  return model, weights, masked
+
+
+def _random_masks(weights, seed):
+  return masks_lib.masks_from_scores(
+      masks_lib.init_scores(weights, jax.random.key(seed)), "threshold")
+
+
+class BankTest(parameterized.TestCase):
+
+  @parameterized.parameters(True, False)
+  def test_round_trip_exact(self, packed):
+    _, weights, _ = _setup()
+    bank = bank_lib.MaskBank(weights, packed=packed, capacity=2)
+    stored = [_random_masks(weights, s) for s in range(5)]  # forces growth
+    for m in stored:
+      bank.add(m)
+    self.assertEqual(bank.num_tasks, 5)
+    for t, m in enumerate(stored):
+      for a, b in zip(jax.tree.leaves(bank.get(t)), jax.tree.leaves(m)):
+        np.testing.assert_array_equal(a, b)
+    stacked = bank.stacked([4, 1])
+    np.testing.assert_array_equal(stacked["Dense_1"]["kernel"][0],
+                                  stored[4]["Dense_1"]["kernel"])
+    np.testing.assert_array_equal(stacked["Dense_1"]["kernel"][1],
+                                  stored[1]["Dense_1"]["kernel"])
+
+  def test_bytes_per_task(self):
+    _, weights, _ = _setup()
+    num_bits = 784 * 300 + 300 * 100 + 100 * 10
+    packed = bank_lib.MaskBank(weights, packed=True)
+    boolean = bank_lib.MaskBank(weights, packed=False)
+    self.assertEqual(packed.bytes_per_task, (num_bits + 7) // 8)
+    self.assertEqual(boolean.bytes_per_task, num_bits)
+    packed.add(_random_masks(weights, 0))
+    self.assertEqual(packed.nbytes, 33_275)
+    self.assertEqual(packed.rows.dtype, jnp.uint8)
+
+  def test_2500_lenet_masks_fit_100mb(self):
+    # Without materialising 2500 tasks: the bank's row size times 2500.
+    for outputs in (10, 500):
+      _, weights, _ = _setup(outputs)
+      bank = bank_lib.MaskBank(weights, packed=True)
+      self.assertLess(bank.bytes_per_task * 2500, 100e6)
+
+  def test_incremental_mean_equals_recomputed(self):
+    _, weights, _ = _setup()
+    bank = bank_lib.MaskBank(weights)
+    stored = [_random_masks(weights, s) for s in range(7)]
+    for m in stored:
+      bank.add(m)
+    expected = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *stored)
+    for a, b in zip(jax.tree.leaves(bank.mean_masks()), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+
+  def test_unknown_task_id(self):
+    _, weights, _ = _setup()
+    bank = bank_lib.MaskBank(weights)
+    with self.assertRaisesRegex(ValueError, "never added: the mask bank is empty"):
+      bank.get(0)
+    bank.add(_random_masks(weights, 0))
+    with self.assertRaisesRegex(ValueError, r"task id 3 was never added.*0\.\.0"):
+      bank.get(3)
+
+  def test_state_dict_round_trip(self):
+    _, weights, _ = _setup()
+    bank = bank_lib.MaskBank(weights)
+    for s in range(3):
+      bank.add(_random_masks(weights, s))
+    other = bank_lib.MaskBank(weights).load_state_dict(bank.state_dict())
+    np.testing.assert_array_equal(other.rows, bank.rows)
+    np.testing.assert_array_equal(other.counts, bank.counts)
+    other.add(_random_masks(weights, 9))
+    self.assertEqual(other.num_tasks, 4)
+
+
+class AlphaGradientTest(parameterized.TestCase):
+
+  @parameterized.product(k=[1, 7, 100], objective=["entropy", "g"])
+  def test_fast_gradient_equals_jax_grad(self, k, objective):
+    outputs = 30 if objective == "g" else 10
+    _, weights, masked = _setup(outputs)
+    bank = bank_lib.MaskBank(weights)
+    for s in range(k):
+      bank.add(_random_masks(weights, s))
+    x = jax.random.normal(jax.random.key(5), (16, 28, 28, 1))
+    fast = inference.alpha_grad(masked, weights, bank, x, objective=objective)
+    stacked = bank.stacked()
+    reference = jax.grad(lambda a: inference.superposed_objective(
+        masked, weights, stacked, a, x, objective))(jnp.full((k,), 1.0 / k))
+    rel = float(jnp.max(jnp.abs(fast - reference)) / jnp.max(jnp.abs(reference)))
+    self.assertLessEqual(rel, 1e-4)
+    many = inference.alpha_grads_many(masked, weights, bank, jnp.stack([x, x[:16]]),
+                                      objective=objective)
+    np.testing.assert_allclose(many[0], reference, rtol=1e-3,
+                               atol=1e-4 * float(jnp.max(jnp.abs(reference))))
+
+  def test_superposition_of_one_mask_is_that_mask(self):
+    model, weights, masked = _setup()
+    m = _random_masks(weights, 3)
+    stacked = jax.tree.map(lambda a: a[None], m)
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    np.testing.assert_allclose(
+        inference.superposed_logits(masked, weights, stacked, jnp.ones((1,)), x),
+        model.apply({"params": masks_lib.apply_masks(weights, m)}, x), rtol=1e-5)
+
+  def test_g_objective_needs_superfluous_neurons(self):
+    _, weights, masked = _setup(outputs=10, classes=10)
+    bank = bank_lib.MaskBank(weights)
+    bank.add(_random_masks(weights, 0))
+    with self.assertRaisesRegex(ValueError, "superfluous neurons"):
+      inference.alpha_grad(masked, weights, bank, jnp.zeros((1, 28, 28, 1)),
+                           objective="g")
+
+  def test_g_gradient_flows_only_through_superfluous_logits(self):
+    logits = jnp.array([[1.0, 2.0, 3.0, -1.0, 0.5]])
+    g = jax.grad(lambda l: inference.objective_value(l, "g", 3))(logits)
+    np.testing.assert_array_equal(g[0, :3], 0.0)
+    self.assertTrue(bool(jnp.all(g[0, 3:] > 0)))
+
+  def test_bad_objective_and_algorithm(self):
+    _, weights, masked = _setup()
+    bank = bank_lib.MaskBank(weights)
+    bank.add(_random_masks(weights, 0))
+    with self.assertRaisesRegex(ValueError, "unknown objective 'kl'"):
+      inference.alpha_grad(masked, weights, bank, jnp.zeros((1, 28, 28, 1)),
+                           objective="kl")
+    with self.assertRaisesRegex(ValueError, "unknown inference algorithm 'ternary'"):
+      inference.infer_task(masked, weights, bank, jnp.zeros((1, 28, 28, 1)),
+                           algorithm="ternary")
+
+  def test_inference_finds_trained_task(self):
+    """Masks trained on different synthetic tasks are told apart by one-shot
+    and binary inference (entropy drops for the right mask)."""
+    _, weights, masked = _setup()
+    opt = training.make_optimizer("adam", 1e-2)
+    step = jax.jit(training.make_train_step(masked, opt))
+    bank = bank_lib.MaskBank(weights)
+    centers = jax.random.normal(jax.random.key(42), (4, 10, 28, 28, 1))
+    task_data = []
+    for t in range(4):
+      key = jax.random.key(100 + t)
+      labels = jnp.arange(256) % 10
+      images = centers[t][labels] + 0.3 * jax.random.normal(key, (256, 28, 28, 1))
+      task_data.append(images)
+      state = training.init_task_state(masked, weights, opt, jax.random.key(t))
+      for _ in range(40):
+        state, _ = step(weights, state, images, labels)
+      bank.add(training.MaskSpec("threshold")(state.scores))
+    for t in range(4):
+      x = task_data[t][:32]
+      self.assertEqual(inference.oneshot(masked, weights, bank, x), t)
+      self.assertEqual(inference.binary(masked, weights, bank, x), t)
+
+
+if __name__ == "__main__":
+  absltest.main()
