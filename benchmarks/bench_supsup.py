@@ -1,7 +1,6 @@
 """Core SupSup benchmarks: top-k masking and the GG conv train step."""
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +8,7 @@ import optax
 
 from benchmarks.registry import benchmark
 from supsup_jax import conv as conv_lib
+from supsup_jax.models import SmallConvNet
 from supsup_jax.masks import apply_masks, init_scores, masks_from_scores, topk_mask
 from supsup_jax.weights import init_weights
 
@@ -21,46 +21,19 @@ def topk_mask_ms():
   return lambda: f(scores)
 
 
-def max_pool_2x2(x):
-  """2x2/2 max pool (NHWC, even H and W) as a reshape + max.
+def make_model(conv_general_dilated=conv_lib.conv_general_dilated):
+  """The library's GG conv net: 4 3x3x64 convs, 2x2 pools, 1x1 conv to 10."""
+  return SmallConvNet(channels=64, num_outputs=10,
+                      conv_general_dilated=conv_general_dilated)
 
-  Same forward as ``nn.max_pool(x, (2, 2), (2, 2))``. Its gradient goes
-  through reduce-max's VJP (elementwise, fused) instead of XLA's
-  select-and-scatter, which is ~2.5x slower on XLA:CPU (64ch 32x32 B=128:
-  ~80 vs ~210 ms). Gradients differ only on exact ties inside a window
-  (split evenly instead of to the first max); after ReLU such ties are
-  zeros whose ReLU gradient is 0 anyway.
+
+def make_train_step(conv_general_dilated=conv_lib.conv_general_dilated,
+                    batch_size=128, k=0.5, seed=0):
+  """Returns (step, scores, opt_state, batch) for the GG conv4 SupSup step.
+
+  ``conv_general_dilated=None`` uses flax's default (``lax``'s, XLA's VJP).
   """
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def nn_max_pool_2x2(x):
-  return nn.max_pool(x, (2, 2), (2, 2))
-
-
-class GGConv4(nn.Module):
-  """4 bias-free 3x3x64 convs (pool after 2 and 4), global pool, 1x1 conv to 10."""
-  conv: type = nn.Conv
-  pool: object = max_pool_2x2
-  width: int = 64
-  num_classes: int = 10
-
-  @nn.compact
-  def __call__(self, x):
-    for i in range(4):
-      x = nn.relu(self.conv(self.width, (3, 3), use_bias=False)(x))
-      if i % 2 == 1:
-        x = self.pool(x)
-    x = jnp.mean(x, axis=(1, 2), keepdims=True)
-    x = self.conv(self.num_classes, (1, 1), use_bias=False)(x)
-    return x.reshape(x.shape[0], -1)
-
-
-def make_train_step(conv=conv_lib.Conv, batch_size=128, k=0.5, seed=0,
-                    pool=max_pool_2x2):
-  """Returns (step, scores, opt_state, batch) for the GG conv4 SupSup step."""
-  model = GGConv4(conv=conv, pool=pool)
+  model = make_model(conv_general_dilated)
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((batch_size, 32, 32, 3), np.float32))
   y = jnp.asarray(rng.integers(0, 10, batch_size))
@@ -94,23 +67,17 @@ def _stateful(step, scores, opt_state, batch):
 
 @benchmark("gg_conv_train_step_ms", "ms")
 def gg_conv_train_step_ms():
-  """GG conv4 SupSup train step, B=128 32x32x3, top-k 0.5, Adam; fast conv VJP."""
-  return _stateful(*make_train_step(conv_lib.Conv))
+  """SmallConvNet(64) SupSup train step, B=128 32x32x3, top-k 0.5, Adam; library conv."""
+  return _stateful(*make_train_step(conv_lib.conv_general_dilated))
 
 
 @benchmark("gg_conv_train_step_ms_xla", "ms")
 def gg_conv_train_step_ms_xla():
   """Same step with flax's default lax.conv_general_dilated (XLA's gradient)."""
-  return _stateful(*make_train_step(nn.Conv))
-
-
-@benchmark("gg_conv_train_step_ms_nnpool", "ms")
-def gg_conv_train_step_ms_nnpool():
-  """Fast conv VJP but flax nn.max_pool (select-and-scatter gradient)."""
-  return _stateful(*make_train_step(conv_lib.Conv, pool=nn_max_pool_2x2))
+  return _stateful(*make_train_step(None))
 
 
 @benchmark("gg_conv_train_step_peak_rss_mb", "MB", peak_rss=True)
 def gg_conv_train_step_peak_rss_mb():
   """Peak RSS of a fresh process compiling and running one fast-conv step."""
-  return _stateful(*make_train_step(conv_lib.Conv))
+  return _stateful(*make_train_step(conv_lib.conv_general_dilated))

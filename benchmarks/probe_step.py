@@ -1,7 +1,6 @@
 """Probe: where the GG conv4 train step spends its time (python -m benchmarks.probe_step)."""
 import sys
 import time
-import flax.linen as nn
 import jax, jax.numpy as jnp, numpy as np
 from benchmarks import bench_supsup as bs
 from supsup_jax import conv as conv_lib
@@ -17,9 +16,9 @@ def t(f, *a, n=5):
 
 
 def main():
-  for name, conv in [("fast", conv_lib.Conv), ("xla", nn.Conv)]:
+  for name, conv in [("fast", conv_lib.conv_general_dilated), ("xla", None)]:
     step, scores, opt_state, batch = bs.make_train_step(conv)
-    model = bs.GGConv4(conv=conv)
+    model = bs.make_model(conv)
     from supsup_jax.weights import init_weights
     weights = init_weights(model, 0, batch[0])
     params = apply_masks(weights, masks_from_scores(scores, "topk", 0.5))

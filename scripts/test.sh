@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export SUPSUP_DATA_DIR="${SUPSUP_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+if [ -z "${SUPSUP_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  export SUPSUP_DATA_DIR="$(cd ../shared/data && pwd)"
+fi
 exec .venv/bin/python -m pytest -q -n 2 --durations=15 tests "$@"

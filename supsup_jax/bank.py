@@ -169,7 +169,9 @@ class MaskBank:
 
   # -- persistence -----------------------------------------------------------
   def state_dict(self) -> dict:
-    return {"rows": np.asarray(self.rows), "counts": np.asarray(self._counts),
+    # At least one row: checkpoint formats cannot store empty arrays.
+    rows = self._rows[:max(1, self.num_tasks)]
+    return {"rows": np.asarray(rows), "counts": np.asarray(self._counts),
             "num_tasks": np.int64(self.num_tasks)}
 
   def load_state_dict(self, state: Mapping) -> "MaskBank":

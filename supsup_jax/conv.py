@@ -1,4 +1,4 @@
-"""Convolution with a fast, exact kernel gradient on XLA:CPU.
+"""Convolution with a fast, exact (to float round-off) VJP on XLA:CPU.
 
 XLA:CPU's kernel (weight) gradient of a convolution is several times slower
 than its forward pass and input gradient (``benchmarks/probe_conv_grad.py``:
@@ -9,16 +9,32 @@ dL/dW of every conv, and that single op dominated the train step.
 :func:`conv_general_dilated` is a drop-in for :func:`jax.lax.conv_general_dilated`
 (same signature) with a :func:`jax.custom_vjp`:
 
-* forward: plain ``lax.conv_general_dilated``;
-* input gradient: XLA's own (the transpose of the conv in its input);
-* kernel gradient: im2col + one matmul per chunk of the batch. For each batch
-  chunk, the ``kh*kw`` shifted (and strided) slices of the padded input are
-  concatenated along channels into a ``(b*Ho*Wo, kh*kw*C)`` patch matrix,
-  and ``dK = patches^T @ dY`` (a ``(kh*kw*C, O)`` matmul that XLA threads
-  well). Chunks are summed in a ``lax.scan`` so the patch matrix stays small
-  (~8k rows). This is the same sum as the reference gradient, only in a
-  different order, so it matches ``jax.grad`` of ``lax.conv`` to float
-  round-off.
+* 3x3, stride 1, undilated, 2-D float32/float64 convs with >=
+  :data:`WINOGRAD_MIN_CHANNELS` input and output channels (the SupSup conv
+  nets' main layers), when differentiated, use Winograd F(2x2, 3x3) for all
+  three products: forward (:func:`winograd_conv`), input gradient (the same, on dY with the
+  flipped, in/out-swapped kernel) and kernel gradient
+  (:func:`winograd_kernel_grad`). 2.25x fewer multiply-adds, done in
+  batch chunks of ~:data:`WINOGRAD_TILES` tiles to stay in cache. Error vs
+  ``lax.conv`` ~1e-6 of the output's (gradient's) max magnitude (the
+  transforms' round-off), not bit-identical. Without differentiation
+  (inference) the forward stays ``lax.conv`` (faster there: it fuses with
+  the next ReLU / pool).
+* otherwise: forward is plain ``lax.conv_general_dilated`` (bit-identical),
+  the input gradient XLA's own (the transpose of the conv in its input), and
+  the kernel gradient :func:`kernel_grad`: im2col + one matmul per tap row
+  per chunk of the batch, with the patch matrix built channels-first
+  (``(taps*C, rows) @ (rows, O)``), chunks summed in a ``lax.scan`` so the
+  patches stay small (~4k rows). Same sum as the reference gradient in a
+  different order.
+
+Measured on the 2-core benchmark machine (one core busy with another job),
+3x3x64->64, B=128, 32x32, ms: forward lax 156 / Winograd 102; input grad
+lax 160 / Winograd 103; kernel grad lax 1,300 / rows-major im2col 245 /
+channels-first im2col 148 / Winograd 140 (``benchmarks/probe_layers.py``,
+``probe_fwd.py``, ``probe_winograd.py``). Tried and dropped: im2col or
+shifted-matmul forward / input grad (slower than XLA's), Winograd F(4x4, 3x3)
+(~7e-6 relative error, at most 10% faster).
 
 Supported fast path: any number of spatial dims, any ``dimension_numbers``,
 any window strides, ``'SAME'``/``'VALID'``/``'SAME_LOWER'``/explicit padding
@@ -45,13 +61,31 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["conv_general_dilated", "kernel_grad", "is_fast_path", "Conv",
-           "TARGET_ROWS"]
+__all__ = ["conv_general_dilated", "kernel_grad", "winograd_conv",
+           "winograd_kernel_grad",
+           "is_fast_path", "Conv", "TARGET_ROWS", "WINOGRAD_TILES"]
 
 # Rows (output pixels) of the im2col matrix per batch chunk. Measured on a
 # 2-core AVX2 EPYC (3x3x64->64, B=128, 32x32), same load for all rows:
-# 1k rows 305 ms, 2k 274, 4k 270, 8k 302, 16k 338; unchunked (131k rows) 500+.
+# 1k rows 305 ms, 2k 274, 4k 270, 8k 302, 16k 338; unchunked (131k rows) 500+
+# (rows-major patches). Channels-first patches (current): 1k 203, 2k 153,
+# 4k 148, 8k 156 (benchmarks/probe_fwd.py kg_T3_c*).
 TARGET_ROWS = 4096
+
+# Output 2x2 tiles per batch chunk of the Winograd forward / input gradient
+# (benchmarks/probe_winograd.py: 1k tiles 116-128 ms vs 260-280 unchunked for
+# 3x3x64->64 B=128 32x32; lax.conv 155-160).
+WINOGRAD_TILES = 1024
+# Below this many input or output channels the forward and input gradient
+# stay on lax.conv (the transforms would dominate the tiny matmuls).
+WINOGRAD_MIN_CHANNELS = 8
+# Kernel gradient by Winograd too (else the channels-first im2col matmuls of
+# kernel_grad).
+WINOGRAD_KERNEL_GRAD = True
+# Forward of a differentiated conv by Winograd too (else lax.conv). The
+# undifferentiated forward (inference) is always lax.conv, bit-identical.
+# Train step: 688 ms with, 767 without (same process).
+WINOGRAD_FORWARD = True
 
 
 def _canonical_pads(in_spatial, window, strides, padding):
@@ -112,21 +146,144 @@ def _plain(lhs, rhs, strides, pads, rdil, dn, precision):
                                   dimension_numbers=dn, precision=precision)
 
 
+def _use_winograd(lhs, rhs, strides, pads, rdil, dn) -> bool:
+  """Whether the forward / input gradient use :func:`winograd_conv`."""
+  if lhs.ndim != 4 or any(s != 1 for s in strides) or any(d != 1 for d in rdil):
+    return False
+  if jnp.result_type(lhs) not in (jnp.float32, jnp.float64):
+    return False
+  if tuple(rhs.shape[d] for d in dn.rhs_spec[2:]) != (3, 3):
+    return False
+  c_in, c_out = lhs.shape[dn.lhs_spec[1]], rhs.shape[dn.rhs_spec[0]]
+  if min(c_in, c_out) < WINOGRAD_MIN_CHANNELS:
+    return False
+  return all(lhs.shape[d] + lo + hi - 2 >= 1
+             for d, (lo, hi) in zip(dn.lhs_spec[2:], pads))
+
+
+def _to_canonical(a, spec):  # (N, *S, C) from a layout spec (batch, feature, *S)
+  return jnp.transpose(a, (spec[0], *spec[2:], spec[1]))
+
+
+def _from_canonical(a, spec):
+  return jnp.transpose(a, np.argsort((spec[0], *spec[2:], spec[1])))
+
+
+def _kernel_canonical(rhs, dn):  # (3, 3, I, O)
+  return jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+
+
+def _forward(lhs, rhs, strides, pads, rdil, dn, precision):
+  if not (WINOGRAD_FORWARD and _use_winograd(lhs, rhs, strides, pads, rdil, dn)):
+    return _plain(lhs, rhs, strides, pads, rdil, dn, precision)
+  y = winograd_conv(_to_canonical(lhs, dn.lhs_spec), _kernel_canonical(rhs, dn),
+                    pads, precision)
+  return _from_canonical(y, dn.out_spec)
+
+
+def _input_grad(lhs, rhs, g, strides, pads, rdil, dn, precision):
+  if not _use_winograd(lhs, rhs, strides, pads, rdil, dn):
+    f = lambda l: _plain(l, rhs, strides, pads, rdil, dn, precision)
+    (dlhs,) = jax.linear_transpose(f, jax.ShapeDtypeStruct(lhs.shape, lhs.dtype))(g)
+    return dlhs
+  # Stride 1: the input gradient is a 3x3 conv of dY with the spatially
+  # flipped, in/out-swapped kernel, padded by (2 - lo, 2 - hi).
+  k = jnp.flip(_kernel_canonical(rhs, dn), (0, 1)).transpose(0, 1, 3, 2)
+  dpads = tuple((2 - lo, 2 - hi) for lo, hi in pads)
+  dx = winograd_conv(_to_canonical(g, dn.out_spec), k, dpads, precision)
+  return _from_canonical(dx, dn.lhs_spec)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv(lhs, rhs, strides, pads, rdil, dn, precision):
+  # Not differentiated (inference): plain lax.conv. In a whole net its output
+  # fuses with the following ReLU / max pool, which the chunked Winograd
+  # output cannot: SmallConvNet(64) forward, B=128: lax 204 ms, Winograd 240.
   return _plain(lhs, rhs, strides, pads, rdil, dn, precision)
 
 
 def _conv_fwd(lhs, rhs, strides, pads, rdil, dn, precision):
-  return _plain(lhs, rhs, strides, pads, rdil, dn, precision), (lhs, rhs)
+  return _forward(lhs, rhs, strides, pads, rdil, dn, precision), (lhs, rhs)
 
 
 def _conv_bwd(strides, pads, rdil, dn, precision, res, g):
   lhs, rhs = res
-  f = lambda l: _plain(l, rhs, strides, pads, rdil, dn, precision)
-  (dlhs,) = jax.linear_transpose(f, jax.ShapeDtypeStruct(lhs.shape, lhs.dtype))(g)
-  drhs = kernel_grad(lhs, g, rhs.shape, strides, pads, rdil, dn, precision)
-  return dlhs, drhs.astype(rhs.dtype)
+  dlhs = _input_grad(lhs, rhs, g, strides, pads, rdil, dn, precision)
+  if WINOGRAD_KERNEL_GRAD and _use_winograd(lhs, rhs, strides, pads, rdil, dn):
+    dk = winograd_kernel_grad(_to_canonical(lhs, dn.lhs_spec),
+                              _to_canonical(g, dn.out_spec), pads, precision)
+    # canonical (3, 3, I, O) -> rhs layout
+    drhs = jnp.transpose(dk, np.argsort((*dn.rhs_spec[2:], dn.rhs_spec[1],
+                                         dn.rhs_spec[0])))
+  else:
+    drhs = kernel_grad(lhs, g, rhs.shape, strides, pads, rdil, dn, precision)
+  return dlhs.astype(lhs.dtype), drhs.astype(rhs.dtype)
+
+
+# Winograd F(2x2, 3x3) transforms (Lavin & Gray 2016).
+_WG = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+
+
+def _bt(r0, r1, r2, r3):  # B^T along one axis
+  return [r0 - r2, r1 + r2, r2 - r1, r1 - r3]
+
+
+def _at(m0, m1, m2, m3):  # A^T along one axis
+  return [m0 + m1 + m2, m1 - m2 - m3]
+
+
+def winograd_conv(x, k, pads, precision=None, target_tiles: int | None = None):
+  """Stride-1 3x3 conv of NHWC ``x`` with HWIO ``k`` by Winograd F(2x2, 3x3).
+
+  16 batched ``(tiles, C) @ (C, O)`` matmuls instead of 9 ``(pixels, C) @
+  (C, O)``: 2.25x fewer multiply-adds; the input / output transforms are
+  adds only. Batch chunks of ~``target_tiles`` output tiles
+  (:data:`WINOGRAD_TILES`) in a ``lax.map`` keep the transformed tiles in
+  cache. Float32 error vs ``lax.conv`` ~1e-6 of the output's max.
+
+  Args:
+    x: (N, H, W, C) input.
+    k: (3, 3, C, O) kernel.
+    pads: ((lo, hi), (lo, hi)) explicit spatial padding (may be negative).
+  Returns:
+    (N, H + lo + hi - 2, W + lo + hi - 2, O).
+  """
+  n, h, w, c = x.shape
+  o = k.shape[-1]
+  (lh, hh), (lw, hw) = pads
+  oh, ow = h + lh + hh - 2, w + lw + hw - 2
+  th, tw = -(-oh // 2), -(-ow // 2)
+  dtype = x.dtype
+  # Spatial padding, to whole 2x2 output tiles (the extra output row / column
+  # is cropped); done per chunk, in cache (~25% faster than padding first).
+  spad = [(0, 0, 0), (lh, hh + 2 * th - oh, 0), (lw, hw + 2 * tw - ow, 0), (0, 0, 0)]
+  wg = jnp.asarray(_WG, dtype)
+  u = jnp.einsum("ai,ijco,bj->abco", wg, k, wg,
+                 precision=lax.Precision.HIGHEST).reshape(16, c, o)
+  per, chunks, n_pad = _chunking(n, th * tw, target_tiles or WINOGRAD_TILES)
+  if n_pad != n:
+    x = jnp.pad(x, [(0, n_pad - n), (0, 0), (0, 0), (0, 0)])
+
+  def chunk(xc):
+    b = xc.shape[0]
+    xc = lax.pad(xc, jnp.zeros((), dtype), spad)
+    rows = _bt(*[lax.slice_in_dim(xc, i, i + 2 * th - 1, 2, axis=1) for i in range(4)])
+    v = []
+    for r in rows:
+      v += _bt(*[lax.slice_in_dim(r, j, j + 2 * tw - 1, 2, axis=2) for j in range(4)])
+    v = jnp.stack(v).reshape(16, b * th * tw, c)
+    m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=precision)
+    m = m.reshape(4, 4, b, th, tw, o)
+    ys = [_at(*mi) for mi in _at(*m)]  # ys[p][q]: output pixel (2i+p, 2j+q)
+    y = jnp.stack([jnp.stack(yp, axis=3) for yp in ys], axis=2)  # (b, th, 2, tw, 2, o)
+    return y.reshape(b, 2 * th, 2 * tw, o)
+
+  if chunks == 1:
+    y = chunk(x)
+  else:
+    y = lax.map(chunk, x.reshape(chunks, per, *x.shape[1:]))
+    y = y.reshape(n_pad, 2 * th, 2 * tw, o)
+  return y[:n, :oh, :ow].astype(dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -142,6 +299,67 @@ def _chunking(n: int, rows_per_image: int, target_rows: int):
       return b, n // b, n
   chunks = -(-n // per)
   return per, chunks, per * chunks
+
+
+def _a_col(y0, y1):  # A (4x2) applied along one axis: the transpose of A^T
+  return [y0, y0 + y1, y0 - y1, -y1]
+
+
+def winograd_kernel_grad(x, dy, pads, precision=None,
+                         target_tiles: int | None = None):
+  """dL/dK of a stride-1 3x3 conv (NHWC ``x``, HWIO kernel) via Winograd.
+
+  The exact gradient of the F(2x2, 3x3) forward, ``Y = A^T [U . V] A`` with
+  ``U = G K G^T``, ``V = B^T d B``: ``dU = sum_tiles V^T (A dY A^T)`` (16
+  ``(C, tiles) @ (tiles, O)`` matmuls, V built channels-first so the matmuls
+  need no transposes), then ``dK = G^T dU G``. 2.25x fewer multiply-adds than
+  im2col; batch chunks of ~``target_tiles`` tiles summed in a ``lax.scan``.
+
+  Args:
+    x: (N, H, W, C) conv input.
+    dy: (N, OH, OW, O) output cotangent, OH = H + lo + hi - 2 (same for W).
+    pads: ((lo, hi), (lo, hi)) the forward's explicit padding.
+  Returns:
+    (3, 3, C, O) kernel gradient (float32 or wider).
+  """
+  n, h, w, c = x.shape
+  _, oh, ow, o = dy.shape
+  (lh, hh), (lw, hw) = pads
+  th, tw = -(-oh // 2), -(-ow // 2)
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  # Channels-first (C, b, H, W) chunk padding; dY padded to whole tiles with
+  # zeros (so the extra tiles add nothing).
+  spad = [(0, 0, 0), (0, 0, 0), (lh, hh + 2 * th - oh, 0), (lw, hw + 2 * tw - ow, 0)]
+  dy = jnp.pad(dy, [(0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0)])
+  per, chunks, n_pad = _chunking(n, th * tw, target_tiles or WINOGRAD_TILES)
+  if n_pad != n:
+    x = jnp.pad(x, [(0, n_pad - n), (0, 0), (0, 0), (0, 0)])
+    dy = jnp.pad(dy, [(0, n_pad - n), (0, 0), (0, 0), (0, 0)])
+
+  def chunk(xc, dyc):
+    b = xc.shape[0]
+    xt = lax.pad(jnp.transpose(xc, (3, 0, 1, 2)), jnp.zeros((), xc.dtype), spad)
+    v = []
+    for r in _bt(*[lax.slice_in_dim(xt, i, i + 2 * th - 1, 2, axis=2) for i in range(4)]):
+      v += _bt(*[lax.slice_in_dim(r, j, j + 2 * tw - 1, 2, axis=3) for j in range(4)])
+    v = jnp.stack(v).reshape(16, c, b * th * tw)
+    dm = []
+    for r in _a_col(*[lax.slice_in_dim(dyc, p, p + 2 * th - 1, 2, axis=1) for p in range(2)]):
+      dm += _a_col(*[lax.slice_in_dim(r, q, q + 2 * tw - 1, 2, axis=2) for q in range(2)])
+    dm = jnp.stack(dm).reshape(16, b * th * tw, o)
+    return lax.dot_general(v, dm, (((2,), (1,)), ((0,), (0,))), precision=precision,
+                           preferred_element_type=acc_dtype)  # (16, C, O)
+
+  if chunks == 1:
+    du = chunk(x, dy)
+  else:
+    xs = x.reshape(chunks, per, *x.shape[1:])
+    dys = dy.reshape(chunks, per, *dy.shape[1:])
+    du, _ = lax.scan(lambda acc, xd: (acc + chunk(*xd), None),
+                     jnp.zeros((16, c, o), acc_dtype), (xs, dys))
+  wg = jnp.asarray(_WG, acc_dtype)
+  return jnp.einsum("ai,abco,bj->ijco", wg, du.reshape(4, 4, c, o), wg,
+                    precision=lax.Precision.HIGHEST)
 
 
 def kernel_grad(lhs, dout, rhs_shape: Sequence[int], strides, pads, rdil,
@@ -170,7 +388,6 @@ def kernel_grad(lhs, dout, rhs_shape: Sequence[int], strides, pads, rdil,
   c_in, c_out = x.shape[-1], dy.shape[-1]
   out_spatial = dy.shape[1:-1]
   zero = jnp.zeros((), x.dtype)
-  x = lax.pad(x, zero, [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
   n = x.shape[0]
   rows_per_image = int(np.prod(out_spatial))
   per, chunks, n_pad = _chunking(n, rows_per_image, target_rows or TARGET_ROWS)
@@ -178,24 +395,34 @@ def kernel_grad(lhs, dout, rhs_shape: Sequence[int], strides, pads, rdil,
     x = jnp.pad(x, [(0, n_pad - n)] + [(0, 0)] * (nsp + 1))
     dy = jnp.pad(dy, [(0, n_pad - n)] + [(0, 0)] * (nsp + 1))
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  taps = list(np.ndindex(*ksize))
+  kl, sl, dl, ol = ksize[-1], strides[-1], rdil[-1], out_spatial[-1]
+  outer_taps = list(np.ndindex(*ksize[:-1]))
 
   def chunk_grad(xc, dyc):
+    # Channels-first chunk (C, b, *S), padded: its im2col matrix is built
+    # already transposed, (taps*C, rows), so the matmul is a plain
+    # (K x rows) @ (rows x O) -- ~1.6x faster on XLA:CPU than contracting
+    # the row axis of a rows-major patch matrix.
     b = xc.shape[0]
-    cols = []
-    for tap in taps:
-      start = [0] + [t * d for t, d in zip(tap, rdil)] + [0]
-      limit = ([b] + [t * d + (o - 1) * s + 1
-                      for t, d, o, s in zip(tap, rdil, out_spatial, strides)]
-               + [c_in])
-      cols.append(lax.slice(xc, start, limit, [1, *strides, 1]))
-    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    patches = patches.reshape(b * rows_per_image, len(taps) * c_in)
-    # (O, T*C) = dY^T @ patches: measured ~20% faster on XLA:CPU than
-    # patches^T @ dY (the transposed result is tiny).
-    return lax.dot_general(dyc.reshape(b * rows_per_image, c_out), patches,
-                           (((0,), (0,)), ((), ())), precision=precision,
-                           preferred_element_type=acc_dtype)
+    xt = jnp.transpose(xc, (nsp + 1, 0, *range(1, nsp + 1)))
+    xt = lax.pad(xt, zero, [(0, 0, 0), (0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads])
+    # The kl taps of the last spatial dim, concatenated along channels
+    # (3x the input, not 9x) ...
+    cols = [lax.slice_in_dim(xt, j * dl, j * dl + (ol - 1) * sl + 1, sl, axis=nsp + 1)
+            for j in range(kl)]
+    xw = cols[0] if kl == 1 else jnp.concatenate(cols, axis=0)  # (kl*C, b, ..., ol)
+    d = dyc.reshape(b * rows_per_image, c_out)
+    gs = []
+    for tap in outer_taps:  # ... and one matmul per tap of the other dims.
+      start = [0, 0] + [t * dd for t, dd in zip(tap, rdil[:-1])] + [0]
+      limit = ([kl * c_in, b] + [t * dd + (o - 1) * s + 1 for t, dd, o, s in
+                                 zip(tap, rdil[:-1], out_spatial[:-1], strides[:-1])]
+               + [ol])
+      p = lax.slice(xw, start, limit, [1, 1, *strides[:-1], 1])
+      gs.append(lax.dot_general(p.reshape(kl * c_in, b * rows_per_image), d,
+                                (((1,), (0,)), ((), ())), precision=precision,
+                                preferred_element_type=acc_dtype))
+    return jnp.stack(gs)  # (prod(K[:-1]), kl*C, O)
 
   if chunks == 1:
     g = chunk_grad(x, dy)
@@ -206,9 +433,9 @@ def kernel_grad(lhs, dout, rhs_shape: Sequence[int], strides, pads, rdil,
     def body(acc, xd):
       return acc + chunk_grad(*xd), None
 
-    g, _ = lax.scan(body, jnp.zeros((c_out, len(taps) * c_in), acc_dtype),
+    g, _ = lax.scan(body, jnp.zeros((len(outer_taps), kl * c_in, c_out), acc_dtype),
                     (xs, dys))
-  g = g.T.reshape(*ksize, c_in, c_out)  # canonical (*K, I, O)
+  g = g.reshape(*ksize, c_in, c_out)  # canonical (*K, I, O)
   src = [0] * (nsp + 2)
   src[dn.rhs_spec[0]] = nsp + 1
   src[dn.rhs_spec[1]] = nsp

@@ -64,6 +64,23 @@ class BNSwishMLP(nn.Module):
     return nn.Dense(self.num_outputs, use_bias=False)(x)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pool with stride 2 (NHWC, even H and W) as a reshape + max.
+
+  Same forward as ``nn.max_pool(x, (2, 2), strides=(2, 2))``. Its gradient
+  goes through reduce-max's VJP (elementwise, fused) instead of XLA's
+  select-and-scatter, which is ~2.5x slower on XLA:CPU (64ch 32x32 B=128:
+  ~80 vs ~210 ms). Gradients differ only on exact ties inside a window (split
+  evenly instead of all to the first max); after ReLU such ties are mostly
+  zeros, whose ReLU gradient is 0 anyway. Odd H or W falls back to
+  ``nn.max_pool`` (which drops the last row/column, as here).
+  """
+  *lead, h, w, c = x.shape
+  if h % 2 or w % 2:
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+  return x.reshape(*lead, h // 2, 2, w // 2, 2, c).max(axis=(-4, -2))
+
+
 class SmallConvNet(nn.Module):
   """Conv net for 28x28 / 32x32 inputs.
 
@@ -86,7 +103,7 @@ class SmallConvNet(nn.Module):
           x = _bn(train)(x)
         x = nn.relu(x)
       del block
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2), keepdims=True)
     x = conv(self.num_outputs, (1, 1))(x)
     return x.reshape((x.shape[0], -1))

@@ -33,7 +33,16 @@ def _check(x, k, **kw):
   new = _loss(conv_lib.conv_general_dilated, **kw)
   y_ref = lax.conv_general_dilated(x, k, **kw)
   y_new = conv_lib.conv_general_dilated(x, k, **kw)
-  np.testing.assert_array_equal(np.asarray(y_new), np.asarray(y_ref))
+  assert y_new.shape == y_ref.shape and y_new.dtype == y_ref.dtype
+  # Exact (same lax op) off the Winograd path; Winograd: float round-off.
+  np.testing.assert_allclose(np.asarray(y_new), np.asarray(y_ref), rtol=RTOL,
+                             atol=ATOL * float(jnp.max(jnp.abs(y_ref))))
+  # The forward as computed under differentiation (Winograd where eligible).
+  y_vjp = jax.jit(lambda x, k: jax.vjp(
+      lambda x, k: conv_lib.conv_general_dilated(x, k, **kw), x, k)[0])(x, k)
+  assert y_vjp.shape == y_ref.shape and y_vjp.dtype == y_ref.dtype
+  np.testing.assert_allclose(np.asarray(y_vjp), np.asarray(y_ref), rtol=RTOL,
+                             atol=ATOL * float(jnp.max(jnp.abs(y_ref))))
   g_ref = jax.jit(jax.grad(ref, (0, 1)))(x, k)
   g_new = jax.jit(jax.grad(new, (0, 1)))(x, k)
   for a, b in zip(g_new, g_ref):
@@ -170,3 +179,137 @@ def test_flax_masked_model_matches_plain_conv():
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL,
                                atol=ATOL * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("stride,rdil", [((1, 1), (1, 1)), ((2, 1), (1, 2)),
+                                         ((1, 3), (2, 1))])
+def test_channels_first_patch_slicing(stride, rdil, monkeypatch):
+  # Strides / dilation in both the concatenated (last) and the looped (first)
+  # spatial dim, several batch chunks, and negative padding.
+  monkeypatch.setattr(conv_lib, "TARGET_ROWS", 30)
+  x, k = _data((5, 12, 11, 3), (3, 2, 3, 4))
+  for padding in ["SAME", "VALID", ((2, 1), (-1, 2))]:
+    _check(x, k, window_strides=stride, padding=padding, rhs_dilation=rdil,
+           dimension_numbers=NHWC)
+
+
+def test_kernel_grad_direct():
+  x, k = _data((6, 9, 9, 8), (3, 3, 8, 5))
+  dn = lax.conv_dimension_numbers(x.shape, k.shape, NHWC)
+  dy = jnp.asarray(np.random.default_rng(3).standard_normal((6, 9, 9, 5)),
+                   jnp.float32)
+  ref = jax.vjp(lambda k: lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=NHWC), k)[1](dy)[0]
+  for rows in (None, 81, 200):
+    g = jax.jit(lambda x, dy, r=rows: conv_lib.kernel_grad(
+        x, dy, k.shape, (1, 1), ((1, 1), (1, 1)), (1, 1), dn, target_rows=r))(x, dy)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(ref), rtol=RTOL,
+                               atol=ATOL * float(jnp.max(jnp.abs(ref))))
+
+
+def _small_convnet_loss(conv_fn):
+  from supsup_jax.models import SmallConvNet
+  model = SmallConvNet(channels=8, num_outputs=5, conv_general_dilated=conv_fn)
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((6, 12, 12, 3)),
+                  jnp.float32)
+  labels = jnp.array([0, 1, 2, 3, 4, 0])
+  weights = init_weights(SmallConvNet(channels=8, num_outputs=5), 0, x)
+
+  def loss(scores):
+    params = apply_masks(weights, masks_from_scores(scores, "topk", 0.5))
+    logits = model.apply({"params": params}, x)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                         labels[:, None], 1))
+  return loss, weights
+
+
+def test_small_convnet_vmap_over_tasks():
+  # Several tasks' scores trained at once: vmap over a leading task axis.
+  loss_fast, weights = _small_convnet_loss(conv_lib.conv_general_dilated)
+  loss_ref, _ = _small_convnet_loss(None)
+  assert sorted(weights) == [f"Conv_{i}" for i in range(5)]
+  scores = jax.vmap(lambda key: init_scores(weights, key))(
+      jax.random.split(jax.random.key(0), 3))
+  l_new, g_new = jax.jit(jax.vmap(jax.value_and_grad(loss_fast)))(scores)
+  l_ref, g_ref = jax.vmap(jax.value_and_grad(loss_ref))(scores)
+  np.testing.assert_allclose(np.asarray(l_new), np.asarray(l_ref), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
+    assert a.shape == b.shape and a.shape[0] == 3
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL,
+                               atol=ATOL * float(jnp.max(jnp.abs(b))))
+
+
+def test_small_convnet_max_pool_matches_nn_max_pool():
+  from supsup_jax.models import max_pool_2x2
+  rng = np.random.default_rng(4)
+  # Distinct values: no ties inside any window.
+  x = jnp.asarray(rng.permutation(2 * 8 * 6 * 3).reshape(2, 8, 6, 3), jnp.float32)
+  ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), np.asarray(ref(x)))
+  ct = jnp.asarray(rng.standard_normal((2, 4, 3, 3)), jnp.float32)
+  g_new = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * ct))(x)
+  g_ref = jax.grad(lambda x: jnp.sum(ref(x) * ct))(x)
+  np.testing.assert_array_equal(np.asarray(g_new), np.asarray(g_ref))
+  # Leading (task) axes via vmap, and odd sizes (fallback) agree too.
+  xs = jnp.stack([x, -x])
+  np.testing.assert_array_equal(np.asarray(jax.vmap(max_pool_2x2)(xs)),
+                                np.asarray(jax.vmap(ref)(xs)))
+  xo = x[:, :7, :5]
+  np.testing.assert_array_equal(np.asarray(max_pool_2x2(xo)), np.asarray(ref(xo)))
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 2), (0, 1)), "SAME_LOWER",
+                                     ((3, -1), (2, 2))])
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7)])
+def test_winograd_path(padding, hw):
+  x, k = _data((3, *hw, 8), (3, 3, 8, 9))
+  kw = dict(window_strides=(1, 1), padding=padding, dimension_numbers=NHWC)
+  dn = lax.conv_dimension_numbers(x.shape, k.shape, NHWC)
+  pads = conv_lib._canonical_pads(hw, (3, 3), (1, 1), padding)
+  assert conv_lib._use_winograd(x, k, (1, 1), pads, (1, 1), dn)
+  _check(x, k, **kw)
+
+
+@pytest.mark.parametrize("kernel_grad_winograd", [True, False])
+def test_winograd_chunks_and_layout(kernel_grad_winograd, monkeypatch):
+  monkeypatch.setattr(conv_lib, "WINOGRAD_TILES", 6)  # several chunks
+  monkeypatch.setattr(conv_lib, "WINOGRAD_KERNEL_GRAD", kernel_grad_winograd)
+  for n in (4, 7):  # 7: the batch is zero-padded to whole chunks
+    x, k = _data((n, 6, 5, 10), (3, 3, 10, 8))
+    _check(x, k, window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+  x, k = _data((3, 10, 7, 6), (12, 10, 3, 3))  # NCHW / OIHW
+  _check(x, k, window_strides=(1, 1), padding=((1, 1), (0, 2)))
+
+
+def test_winograd_gating():
+  dn = lax.conv_dimension_numbers((2, 8, 8, 8), (3, 3, 8, 8), NHWC)
+  x, k = _data((2, 8, 8, 8), (3, 3, 8, 8))
+  p = ((1, 1), (1, 1))
+  assert conv_lib._use_winograd(x, k, (1, 1), p, (1, 1), dn)
+  assert not conv_lib._use_winograd(x, k, (2, 1), p, (1, 1), dn)   # strided
+  assert not conv_lib._use_winograd(x, k, (1, 1), p, (1, 2), dn)   # dilated
+  assert not conv_lib._use_winograd(x[..., :3], k[:, :, :3], (1, 1), p, (1, 1),
+                                    dn)                              # few channels
+  assert not conv_lib._use_winograd(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                                    (1, 1), p, (1, 1), dn)          # low precision
+  x5, k5 = _data((2, 8, 8, 8), (5, 5, 8, 8))
+  assert not conv_lib._use_winograd(x5, k5, (1, 1), p, (1, 1), dn)  # not 3x3
+
+
+def test_winograd_vmap_over_kernels():
+  # A shared input and a leading task axis on the kernel, as in multi-task
+  # SupSup training; and both vmapped.
+  x, k = _data((4, 2, 8, 8, 8), (3, 3, 3, 8, 8))
+  kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+  f_ref = jax.grad(_loss(lax.conv_general_dilated, **kw), (0, 1))
+  f_new = jax.grad(_loss(conv_lib.conv_general_dilated, **kw), (0, 1))
+  for axes, xx in (((None, 0), x[0]), ((0, 0), x[:3])):
+    g_ref = jax.vmap(f_ref, axes)(xx, k)
+    g_new = jax.jit(jax.vmap(f_new, axes))(xx, k)
+    for a, b in zip(g_new, g_ref):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL,
+                                 atol=ATOL * float(jnp.max(jnp.abs(b))))
+    y_ref = jax.vmap(lambda x, k: lax.conv_general_dilated(x, k, **kw), axes)(xx, k)
+    y_new = jax.vmap(lambda x, k: conv_lib.conv_general_dilated(x, k, **kw), axes)(xx, k)
+    np.testing.assert_allclose(np.asarray(y_new), np.asarray(y_ref), rtol=RTOL,
+                               atol=ATOL * float(jnp.max(jnp.abs(y_ref))))

@@ -1,0 +1,166 @@
+"""End-to-end runs on the real MNIST in $SUPSUP_DATA_DIR: accuracy floors,
+task-parallel training, per-task batch norm, resume after SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from launch.configs import gg_permuted_mnist
+from launch.configs import gg_split_mnist
+from launch.configs import gnu_permuted_mnist_lenet
+from supsup_jax import experiment
+from supsup_jax import training
+from supsup_jax.checkpoint import ConfigMismatchError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _permuted_config(num_tasks=3, iterations=150):
+  c = gg_permuted_mnist.get_config()
+  c.num_tasks = num_tasks
+  c.iterations_per_task = iterations
+  c.eval_after_tasks = ()
+  c.log_every_steps = 50
+  return c
+
+
+class GGRunTest(absltest.TestCase):
+
+  def test_split_mnist_accuracy_floor_and_outputs(self):
+    c = gg_split_mnist.get_config()
+    c.iterations_per_task = 200
+    workdir = self.create_tempdir().full_path
+    results = experiment.run(c, workdir)
+    self.assertGreaterEqual(results["avg_accuracy"], 0.98)
+    for name in ("results.json", "accuracy.csv", "accuracy.png"):
+      self.assertTrue(os.path.getsize(os.path.join(workdir, name)) > 0, name)
+    with open(os.path.join(workdir, "results.json")) as f:
+      saved = json.load(f)
+    for key in ("experiment", "scenario", "num_tasks", "avg_accuracy",
+                "accuracy_matrix", "bytes_per_task", "wall_time_s", "config"):
+      self.assertIn(key, saved)
+    self.assertEqual(saved["eval_after_tasks"], [1, 2, 3, 4, 5])
+    matrix = saved["accuracy_matrix"]
+    # Masks are stored exactly: a task's accuracy never changes later.
+    for i, row in enumerate(matrix):
+      for j in range(i + 1):
+        self.assertEqual(row[j], matrix[j][j])
+      self.assertTrue(all(v is None for v in row[i + 1:]))
+    self.assertEqual(saved["bytes_per_task"], (784 * 300 + 300 * 100 + 100 * 2 + 7) // 8)
+    self.assertAlmostEqual(saved["forgetting"], 0.0)
+
+  def test_workdir_of_other_config_refused(self):
+    c = _permuted_config(num_tasks=1, iterations=20)
+    workdir = self.create_tempdir().full_path
+    experiment.run(c, workdir)
+    c.learning_rate = 1e-3
+    with self.assertRaisesRegex(ConfigMismatchError, "differs in: learning_rate"):
+      experiment.run(c, workdir)
+
+  def test_bad_config_values(self):
+    c = _permuted_config()
+    c.scenario = "XX"
+    with self.assertRaisesRegex(ValueError, "scenario 'XX' unknown"):
+      experiment.run(c, self.create_tempdir().full_path)
+    c = _permuted_config()
+    c.sparsity = 2.0
+    c.mask_kind = "topk"
+    with self.assertRaisesRegex(ValueError, r"k must be in \(0, 1\]"):
+      experiment.run(c, self.create_tempdir().full_path)
+
+
+class TaskParallelTest(absltest.TestCase):
+
+  def test_vmap_training_matches_sequential(self):
+    c = _permuted_config(num_tasks=3, iterations=30)
+    setup = experiment.build(c)
+    data = setup.stream.device_arrays
+    states = [training.init_task_state(setup.masked, setup.weights, setup.optimizer,
+                                       experiment._task_key(c.seed, t))
+              for t in range(3)]
+    single = experiment.make_chunk_fn(setup, c.batch_size, parallel=False)
+    multi = experiment.make_chunk_fn(setup, c.batch_size, parallel=True)
+    stacked, _ = multi(setup.weights, data, training.stack_states(states),
+                       jnp.arange(3, dtype=jnp.int32), 30)
+    for t in range(3):
+      one, _ = single(setup.weights, data, states[t], jnp.int32(t), 30)
+      par = training.unstack_state(stacked, t)
+      for a, b in zip(jax.tree.leaves(one.scores), jax.tree.leaves(par.scores)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+      masks_one = setup.mask_spec(one.scores)
+      masks_par = setup.mask_spec(par.scores)
+      for a, b in zip(jax.tree.leaves(masks_one), jax.tree.leaves(masks_par)):
+        # Identical up to scores within float rounding of zero.
+        self.assertLess(float(jnp.mean(a != b)), 1e-4)
+
+  def test_parallel_run_same_accuracy(self):
+    c = _permuted_config(num_tasks=2, iterations=60)
+    seq = experiment.run(c, self.create_tempdir().full_path)
+    c.tasks_in_parallel = 2
+    par = experiment.run(c, self.create_tempdir().full_path)
+    np.testing.assert_allclose(par["accuracy_matrix"][-1], seq["accuracy_matrix"][-1],
+                               atol=2e-3)
+
+
+class GNuRunTest(absltest.TestCase):
+
+  def test_task_inference_on_permuted_mnist(self):
+    c = gnu_permuted_mnist_lenet.get_config()
+    c.num_tasks = 4
+    c.iterations_per_task = 300
+    c.eval_after_tasks = (2,)
+    c.eval_batches_per_task = 20
+    results = experiment.run(c, self.create_tempdir().full_path)
+    self.assertGreaterEqual(results["task_inference_accuracy"], 0.95)
+    self.assertGreaterEqual(results["avg_accuracy"], 0.85)
+    self.assertEqual(results["eval_after_tasks"], [2, 4])
+    self.assertLen(results["task_inference_matrix"], 2)
+
+
+class ResumeTest(absltest.TestCase):
+
+  def test_sigkill_mid_task_then_resume_gives_same_matrix(self):
+    overrides = ["--config.num_tasks=3", "--config.iterations_per_task=400",
+                 "--config.checkpoint_every_steps=100", "--config.log_every_steps=50",
+                 "--config.eval_after_tasks=(1,2,3)"]
+    config_path = os.path.join(REPO, "launch", "configs", "gg_permuted_mnist.py")
+    killed_dir = self.create_tempdir().full_path
+    cmd = [sys.executable, "-m", "launch.main", f"--config={config_path}",
+           f"--workdir={killed_dir}", *overrides]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    # Kill it in the middle of task 2 (after its first mid-task checkpoint).
+    deadline = time.time() + 300
+    for line in proc.stdout:
+      if "task 2/3 step 150/400" in line or "task 2/3 step 200/400" in line:
+        break
+      self.assertLess(time.time(), deadline, "run did not reach task 2")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    self.assertFalse(os.path.exists(os.path.join(killed_dir, "results.json")))
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=600)
+    self.assertEqual(resumed.returncode, 0, resumed.stdout[-3000:] + resumed.stderr[-3000:])
+    self.assertIn("Resuming", resumed.stdout + resumed.stderr)
+    with open(os.path.join(killed_dir, "results.json")) as f:
+      after_kill = json.load(f)
+
+    c = _permuted_config(num_tasks=3, iterations=400)
+    c.checkpoint_every_steps = 100
+    c.log_every_steps = 50
+    c.eval_after_tasks = (1, 2, 3)
+    clean = experiment.run(c, self.create_tempdir().full_path)
+    self.assertEqual(after_kill["accuracy_matrix"], clean["accuracy_matrix"])
+    self.assertGreater(clean["avg_accuracy"], 0.85)
+
+
+if __name__ == "__main__":
+  absltest.main()

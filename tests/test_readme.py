@@ -1,0 +1,34 @@
+"""The README's library example runs as written."""
+import os
+import re
+
+from absl.testing import absltest
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "README.md")
+
+
+class ReadmeTest(absltest.TestCase):
+
+  def test_library_example_runs(self):
+    text = open(README).read()
+    section = text.split("## The library in 15 lines", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    bank = namespace["bank"]
+    self.assertEqual(namespace["task_id"], 0)
+    self.assertEqual(bank.num_tasks, 1)
+    self.assertEqual(bank.bytes_per_task, (784 * 300 + 300 * 100 + 100 * 10 + 7) // 8)
+
+  def test_readme_opens_with_two_commands(self):
+    text = open(README).read()
+    first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    commands = [l.split("#")[0].strip() for l in first_block.splitlines() if l.strip()]
+    self.assertEqual(commands, ["bash scripts/main.sh", "bash scripts/test.sh"])
+    for cmd in commands:
+      self.assertTrue(os.path.exists(os.path.join(os.path.dirname(README), cmd.split()[1])))
+
+
+if __name__ == "__main__":
+  absltest.main()
