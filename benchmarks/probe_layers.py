@@ -63,6 +63,30 @@ def kg_wino_rows(x, dy, per=4):
   return jnp.einsum("ai,aboc,bj->ijco", wg, du.reshape(4, 4, o, c), wg)
 
 
+P1 = ((1, 1), (1, 1))
+
+
+def bwd_separate(x, dy, k):
+  kf = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
+  return cl.winograd_conv(dy, kf, P1), cl.winograd_kernel_grad(x, dy, P1)
+
+
+def bwd_fused(x, dy, k):
+  """dX and dK of the Winograd conv in one scan over batch chunks."""
+  kf = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
+  n, h, w, _ = x.shape
+  per = max(1, cl.WINOGRAD_TILES // ((h // 2) * (w // 2)))
+  big = 1 << 30
+  xs = x.reshape(n // per, per, *x.shape[1:]); ds = dy.reshape(n // per, per, *dy.shape[1:])
+
+  def body(acc, xd):
+    xc, dc = xd
+    return acc + cl.winograd_kernel_grad(xc, dc, P1, target_tiles=big), \
+        cl.winograd_conv(dc, kf, P1, target_tiles=big)
+  dk, dx = lax.scan(body, jnp.zeros(k.shape), (xs, ds))
+  return dx.reshape(x.shape), dk
+
+
 def main():
   rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
   rng = np.random.default_rng(0)
@@ -78,6 +102,9 @@ def main():
         dy, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2), ((1, 1), (1, 1)))), dy, k)
     fs[name + " kg"] = (jax.jit(kg), x, dy)
     fs[name + " kg wino_rows"] = (jax.jit(kg_wino_rows), x, dy)
+    if c == 64:
+      for nm, fb in (("separate", bwd_separate), ("fused", bwd_fused)):
+        fs[name + f" bwd {nm}"] = (jax.jit(lambda x, dy, k=k, fb=fb: fb(x, dy, k)), x, dy)
     for t in (1024,):
       fs[name + f" kg wino{t}"] = (jax.jit(lambda x, dy, t=t: cl.winograd_kernel_grad(
           x, dy, ((1, 1), (1, 1)), target_tiles=t)), x, dy)

@@ -77,8 +77,21 @@ def _pack(flat_mask: jax.Array, packed: bool) -> jax.Array:
   return jnp.packbits(bits) if packed else bits
 
 
+ROW_ALIGN = 64  # capacity is a multiple of this: inference reads 64-row blocks
+
+
+def _capacity(n: int) -> int:
+  return max(ROW_ALIGN, -(-n // ROW_ALIGN) * ROW_ALIGN)
+
+
 class MaskBank:
-  """Masks of many tasks in one device array, with an incremental mean."""
+  """Masks of many tasks in one device array, with an incremental mean.
+
+  Rows live in a preallocated ``[capacity, bytes_per_task]`` array (capacity a
+  multiple of ``ROW_ALIGN``, doubled when full); adding a task writes one row
+  in place (buffer donation), so growing to thousands of tasks never copies
+  the whole bank per task.
+  """
 
   def __init__(self, template: Mapping, *, packed: bool = True,
                capacity: int = 16):
@@ -91,7 +104,7 @@ class MaskBank:
     self.packed = packed
     width = self.layout.packed_bytes if packed else self.layout.num_bits
     dtype = jnp.uint8 if packed else jnp.bool_
-    self._rows = jnp.zeros((max(1, capacity), width), dtype)
+    self._rows = jnp.zeros((_capacity(capacity), width), dtype)
     self._counts = jnp.zeros((self.layout.num_bits,), jnp.int32)
     self.num_tasks = 0
 
@@ -108,8 +121,14 @@ class MaskBank:
 
   @property
   def rows(self) -> jax.Array:
-    """The stored rows, ``[num_tasks, bytes_per_task]`` (uint8 or bool)."""
+    """The stored rows, ``[num_tasks, bytes_per_task]`` (uint8 or bool); a copy."""
     return self._rows[:self.num_tasks]
+
+  @property
+  def storage(self) -> jax.Array:
+    """All ``[capacity, bytes_per_task]`` rows (no copy); rows past
+    ``num_tasks`` are zero."""
+    return self._rows
 
   @property
   def counts(self) -> jax.Array:
@@ -180,8 +199,9 @@ class MaskBank:
     if rows.shape[1:] != self._rows.shape[1:]:
       raise ValueError(f"mask bank rows have shape {rows.shape[1:]}, expected "
                        f"{self._rows.shape[1:]} for this model")
-    cap = max(16, 1 << max(0, n - 1).bit_length())
-    self._rows = jnp.zeros((cap, rows.shape[1]), self._rows.dtype).at[:n].set(rows[:n])
+    full = np.zeros((_capacity(n), rows.shape[1]), rows.dtype)
+    full[:n] = rows[:n]
+    self._rows = jnp.asarray(full, self._rows.dtype)
     self._counts = jnp.asarray(state["counts"], jnp.int32)
     self.num_tasks = n
     return self

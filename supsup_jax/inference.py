@@ -122,30 +122,41 @@ def _byte_lut(flat_g: jax.Array, num_bytes: int) -> jax.Array:
   return g @ bits.T  # [num_bytes, 256]
 
 
-def bank_dot(rows: jax.Array, flat_g: jax.Array, *, packed: bool = True,
-             block: int = 100) -> jax.Array:
-  """``unpack(rows) @ flat_g`` for all rows, without unpacking to floats.
+def bank_dot(rows: jax.Array, flat_g: jax.Array, num_rows: jax.Array | int | None = None,
+             *, packed: bool = True, block: int = 64) -> jax.Array:
+  """``unpack(rows[:num_rows]) @ flat_g`` without unpacking to floats.
 
   Args:
-    rows: ``[k, bytes]`` uint8 (packed) or ``[k, num_bits]`` bool.
+    rows: ``[capacity, bytes]`` uint8 (packed) or ``[capacity, num_bits]`` bool;
+      capacity a multiple of ``block``. Passed whole (no slicing copy).
     flat_g: ``[num_bits]`` float32.
-    block: tasks processed together (bounds peak memory to block x bytes).
+    num_rows: rows in use (may be traced); only ``ceil(num_rows / block)``
+      blocks are read, so one compiled program serves a growing bank.
+    block: rows per block (bounds temporaries to block x bytes).
   Returns:
-    ``[k]`` float32.
+    ``[capacity]`` float32; entries past ``num_rows`` are 0.
   """
-  k = rows.shape[0]
-  pad = (-k) % block
-  if pad:
+  capacity = rows.shape[0]
+  if capacity % block:
+    pad = block - capacity % block
     rows = jnp.pad(rows, ((0, pad), (0, 0)))
-  blocks = rows.reshape(-1, block, rows.shape[1])
+  num_rows = capacity if num_rows is None else num_rows
   if packed:
     lut = _byte_lut(flat_g, rows.shape[1])
+
     def one(rb):
       return jnp.take_along_axis(lut, rb.T.astype(jnp.int32), axis=1).sum(0)
   else:
     def one(rb):
       return rb.astype(flat_g.dtype) @ flat_g
-  return jax.lax.map(one, blocks).reshape(-1)[:k]
+
+  def body(i, out):
+    rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
+    return jax.lax.dynamic_update_slice_in_dim(out, one(rb), i * block, 0)
+
+  n_blocks = (num_rows + block - 1) // block
+  out = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros((rows.shape[0],), flat_g.dtype))
+  return out[:capacity]
 
 
 @functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
@@ -154,23 +165,27 @@ def _alpha_grad(masked, layout, weights, rows, counts, num_tasks, images,
                 batch_stats, objective, packed, block):
   mean = layout.unflatten(counts.astype(jnp.float32) / num_tasks)
   g_tree = effective_weight_grad(masked, weights, mean, images, objective, batch_stats)
-  return bank_dot(rows, layout.flatten(g_tree), packed=packed, block=block)
+  return bank_dot(rows, layout.flatten(g_tree), num_tasks.astype(jnp.int32),
+                  packed=packed, block=block)
 
 
 def alpha_grad(masked: MaskedModel, weights, bank: MaskBank, images: jax.Array, *,
                objective: str = "entropy", batch_stats=None,
-               block: int = 100) -> jax.Array:
+               block: int = 64) -> jax.Array:
   """d obj / d alpha at the uniform superposition of all tasks in ``bank``.
 
   images: ``[B, *input_shape]``. Returns ``[bank.num_tasks]`` float32.
-  Uses the bank's incrementally kept mean mask; rows are the bank's storage.
+  Uses the bank's incrementally kept mean mask and reads its storage in place;
+  the compiled program depends only on the bank's capacity, not on how many
+  tasks it holds.
   """
   check_objective(objective)
   if bank.num_tasks == 0:
     raise ValueError("task inference needs at least one mask in the bank")
-  return _alpha_grad(masked, bank.layout, weights, bank.rows, bank.counts,
-                     jnp.float32(bank.num_tasks), images, batch_stats,
-                     objective, bank.packed, block)
+  grads = _alpha_grad(masked, bank.layout, weights, bank.storage, bank.counts,
+                      jnp.float32(bank.num_tasks), images, batch_stats,
+                      objective, bank.packed, block)
+  return grads[:bank.num_tasks]
 
 
 @functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
@@ -184,15 +199,18 @@ def _alpha_grads_many(masked, layout, weights, rows, counts, num_tasks,
                                                 objective, batch_stats))
 
   g = jax.vmap(one)(images_many)  # [N, num_bits]
-  k = rows.shape[0]
-  pad = (-k) % block
-  blocks = jnp.pad(rows, ((0, pad), (0, 0))).reshape(-1, block, rows.shape[1])
+  capacity = rows.shape[0]  # a multiple of block (MaskBank.ROW_ALIGN)
 
-  def per_block(rb):
+  def body(i, out):
+    rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
     bits = jnp.unpackbits(rb, axis=-1, count=layout.num_bits) if packed else rb
-    return bits.astype(jnp.float32) @ g.T  # [block, N]
+    # One matrix product per block serves all N units.
+    return jax.lax.dynamic_update_slice_in_dim(
+        out, bits.astype(jnp.float32) @ g.T, i * block, 0)
 
-  out = jax.lax.map(per_block, blocks).reshape(-1, g.shape[0])[:k]
+  n_blocks = (num_tasks.astype(jnp.int32) + block - 1) // block
+  out = jax.lax.fori_loop(0, n_blocks, body,
+                          jnp.zeros((capacity, g.shape[0]), jnp.float32))
   return out.T
 
 
@@ -208,9 +226,10 @@ def alpha_grads_many(masked: MaskedModel, weights, bank: MaskBank,
   check_objective(objective)
   if bank.num_tasks == 0:
     raise ValueError("task inference needs at least one mask in the bank")
-  return _alpha_grads_many(masked, bank.layout, weights, bank.rows, bank.counts,
-                           jnp.float32(bank.num_tasks), images_many, batch_stats,
-                           objective, bank.packed, block)
+  grads = _alpha_grads_many(masked, bank.layout, weights, bank.storage, bank.counts,
+                            jnp.float32(bank.num_tasks), images_many, batch_stats,
+                            objective, bank.packed, block)
+  return grads[:, :bank.num_tasks]
 
 
 def oneshot(masked: MaskedModel, weights, bank: MaskBank, images, *,
@@ -244,11 +263,11 @@ def _alpha_grad_subset(masked, layout, weights, rows, alive, images, batch_stats
                            alive_p.reshape(-1, block)))
   mean = layout.unflatten(total / n_alive)
   g_tree = effective_weight_grad(masked, weights, mean, images, objective, batch_stats)
-  return bank_dot(rows, layout.flatten(g_tree), packed=packed, block=block)
+  return bank_dot(rows_p, layout.flatten(g_tree), packed=packed, block=block)[:k]
 
 
 def binary(masked: MaskedModel, weights, bank: MaskBank, images, *,
-           objective: str = "entropy", batch_stats=None, block: int = 100) -> int:
+           objective: str = "entropy", batch_stats=None, block: int = 64) -> int:
   """Binary task inference: keep the half of the candidates with the smallest
   gradient, reset alpha uniform over them, repeat (<= log2 k + 1 rounds)."""
   check_objective(objective)

@@ -154,9 +154,12 @@ def init_task_state(masked: MaskedModel, weights, optimizer, key: jax.Array,
   score_key, state_key = jax.random.split(key)
   if scores is None:
     scores = masks_lib.init_scores(weights, score_key)
+  # Copies: train steps donate their state, and the initial statistics (or
+  # transferred scores) are shared by every task.
+  scores = jax.tree.map(jnp.array, scores)
+  batch_stats = jax.tree.map(jnp.array, dict(batch_stats or {}))
   return TaskState(scores=scores, opt_state=optimizer.init(scores),
-                   batch_stats=dict(batch_stats or {}), step=jnp.int32(0),
-                   key=state_key)
+                   batch_stats=batch_stats, step=jnp.int32(0), key=state_key)
 
 
 def make_train_step(masked: MaskedModel, optimizer: optax.GradientTransformation

@@ -1,0 +1,172 @@
+"""GN hot paths: the LeNet train step (one task and vmapped over tasks),
+one-shot task inference over a bit-packed bank, and PermutedMNIST input."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.registry import Stats, benchmark
+from supsup_jax import bank as bank_lib
+from supsup_jax import inference
+from supsup_jax import models
+from supsup_jax import training
+from supsup_jax import weights as weights_lib
+
+X28 = np.zeros((1, 28, 28, 1), np.float32)
+
+
+def _lenet(outputs=10):
+  model = models.LeNet300100(outputs)
+  weights = weights_lib.init_weights(model, 0, X28)
+  masked = training.MaskedModel(model, training.MaskSpec("threshold"), 10)
+  return model, weights, masked
+
+
+def _batch(num_tasks=None, batch=128):
+  shape = (batch, 28, 28, 1) if num_tasks is None else (num_tasks, batch, 28, 28, 1)
+  x = jax.random.normal(jax.random.key(0), shape)
+  y = jnp.broadcast_to(jnp.arange(batch) % 10, shape[:-3])
+  return x, y
+
+
+def _train_step_fn(num_tasks=None):
+  _, weights, masked = _lenet()
+  opt = training.make_optimizer("rmsprop", 1e-4)
+  step = training.make_train_step(masked, opt)
+  states = [training.init_task_state(masked, weights, opt, jax.random.key(t))
+            for t in range(num_tasks or 1)]
+  if num_tasks:
+    step = training.make_multitask_step(step)
+    state = training.stack_states(states)
+  else:
+    state = states[0]
+  step = jax.jit(step, donate_argnums=1)
+  x, y = _batch(num_tasks)
+  holder = [state]
+
+  def call():
+    holder[0], metrics = step(weights, holder[0], x, y)
+    return metrics
+
+  return call
+
+
+@benchmark("gnu_train_step_ms", "ms")
+def gnu_train_step_ms():
+  """LeNet 300-100, threshold masks, batch 128, RMSprop: one task's step."""
+  return _train_step_fn()
+
+
+def _per_task_step(num_tasks):
+  call = _train_step_fn(num_tasks)
+  jax.block_until_ready(call())  # compile
+  times = []
+  for _ in range(10):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append((time.perf_counter() - t0) * 1e3 / num_tasks)
+  return Stats(statistics.median(times), min(times), max(times), 0.0)
+
+
+@benchmark("vmap_train_task_step_ms_10", "ms")
+def vmap_train_task_step_ms_10():
+  """The same step for 10 tasks at once (vmap), time per task-step."""
+  return _per_task_step(10)
+
+
+@benchmark("vmap_train_task_step_ms_50", "ms")
+def vmap_train_task_step_ms_50():
+  """The same step for 50 tasks at once (vmap), time per task-step."""
+  return _per_task_step(50)
+
+
+def random_bank(weights, num_tasks: int, seed: int = 0) -> bank_lib.MaskBank:
+  """A bank of ``num_tasks`` random ~50% masks, filled without per-task adds."""
+  bank = bank_lib.MaskBank(weights)
+  rng = np.random.default_rng(seed)
+  rows = rng.integers(0, 256, (num_tasks, bank.bytes_per_task), dtype=np.uint8)
+  counts = np.zeros(bank.layout.num_bits, np.int64)
+  for start in range(0, num_tasks, 100):
+    counts += np.unpackbits(rows[start:start + 100], axis=1,
+                            count=bank.layout.num_bits).sum(0, dtype=np.int64)
+  return bank.load_state_dict({"rows": rows, "counts": counts.astype(np.int32),
+                               "num_tasks": num_tasks})
+
+
+def _oneshot(num_tasks, outputs=500):
+  _, weights, masked = _lenet(outputs)
+  bank = random_bank(weights, num_tasks)
+  x, _ = _batch()
+  return lambda: inference.alpha_grad(masked, weights, bank, x)
+
+
+@benchmark("oneshot_ms_k250", "ms")
+def oneshot_ms_k250():
+  """One-shot inference (gradient + argmin) over 250 LeNet (out 500) masks, batch 128."""
+  return _oneshot(250)
+
+
+@benchmark("oneshot_ms_k2500", "ms")
+def oneshot_ms_k2500():
+  """One-shot inference over 2500 LeNet (out 500) masks from the packed bank, batch 128."""
+  return _oneshot(2500)
+
+
+@benchmark("oneshot_peak_rss_mb_k2500", "MB", peak_rss=True)
+def oneshot_peak_rss_mb_k2500():
+  """Peak RSS of a fresh process: build a 2500-task bank, run one-shot inference."""
+  return _oneshot(2500)
+
+
+@benchmark("mask_bank_mb_k2500", "MB")
+def mask_bank_mb_k2500():
+  """Bytes of the packed bank holding 2500 LeNet 300-100 (out 500) masks."""
+  _, weights, _ = _lenet(500)
+  bank = random_bank(weights, 2500)
+  mb = bank.nbytes / 1e6
+  return Stats(mb, mb, mb, 0.0)
+
+
+def _train_with_bank(num_tasks):
+  """Train-chunk time (100 steps) + adding the mask, with a bank of k tasks."""
+  _, weights, masked = _lenet(500)
+  bank = random_bank(weights, num_tasks)
+  opt = training.make_optimizer("rmsprop", 1e-4)
+  step = jax.jit(training.make_train_step(masked, opt), donate_argnums=1)
+  x, y = _batch()
+  state = training.init_task_state(masked, weights, opt, jax.random.key(0))
+  holder = [state]
+
+  def call():
+    for _ in range(100):
+      holder[0], _ = step(weights, holder[0], x, y)
+    bank.add(masked.mask_spec(holder[0].scores))
+    return bank.counts
+
+  return call
+
+
+@benchmark("gnu_train_100_steps_ms_bank10", "ms")
+def gnu_train_100_steps_ms_bank10():
+  """100 train steps + storing the mask, with 10 tasks already in the bank."""
+  return _train_with_bank(10)
+
+
+@benchmark("gnu_train_100_steps_ms_bank1000", "ms")
+def gnu_train_100_steps_ms_bank1000():
+  """100 train steps + storing the mask, with 1000 tasks already in the bank."""
+  return _train_with_bank(1000)
+
+
+@benchmark("permuted_mnist_batches_per_s", "batches/s")
+def permuted_mnist_batches_per_s():
+  """Input throughput of PermutedMNIST (batch 128, task 1234 of 2500)."""
+  from supsup_jax import data  # pylint: disable=import-outside-toplevel
+  stream = data.make_stream("permuted_mnist", num_tasks=2500, seed=0)
+  rates = [data.measure_throughput(stream, batch_size=128, num_batches=500,
+                                   task_id=1234) for _ in range(3)]
+  return Stats(statistics.median(rates), min(rates), max(rates), 0.0)
