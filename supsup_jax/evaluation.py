@@ -24,6 +24,8 @@ def check_inference_config(config) -> None:
     raise ValueError(f"config.inference_algorithm {config.inference_algorithm!r} "
                      f"unknown; allowed: {', '.join(inference.ALGORITHMS)}")
   inference.check_objective(config.inference_objective)
+  for objective in config.get("compare_objectives") or ():
+    inference.check_objective(objective)
   if config.inference_examples < 0:
     raise ValueError("config.inference_examples must be >= 0 (0 = whole batch), "
                      f"got {config.inference_examples}")
@@ -41,6 +43,8 @@ class Evaluator:
     self.batch_size = int(config.get("test_batch_size") or config.batch_size)
     self.max_batches = int(config.get("eval_batches_per_task") or 0)
     self._cache: dict[int, list] = {}
+    # objective -> {task: task-inference accuracy} at the latest evaluation.
+    self.comparison: dict[str, dict[int, float]] = {}
 
   def _batches(self, task_id: int) -> list:
     if task_id not in self._cache:
@@ -85,23 +89,34 @@ class Evaluator:
       units = [img[:n] if n else img for img, _ in batches]
     return units
 
-  def _infer(self, weights, units) -> np.ndarray:
+  def _infer(self, weights, units, objective: str) -> np.ndarray:
+    """Inferred task of every unit (units of equal shape are batched)."""
     cfg = self.config
-    shapes = {u.shape for u in units}
-    if cfg.inference_algorithm == "oneshot" and len(shapes) == 1:
-      grads = inference.alpha_grads_many(
-          self.masked, weights, self.bank, jnp.stack(units),
-          objective=cfg.inference_objective)
-      return np.asarray(jnp.argmin(grads, axis=-1))
-    return np.asarray([inference.infer_task(
-        self.masked, weights, self.bank, u, algorithm=cfg.inference_algorithm,
-        objective=cfg.inference_objective) for u in units])
+    groups: dict[tuple, list[int]] = {}
+    for i, u in enumerate(units):
+      groups.setdefault(u.shape, []).append(i)
+    out = np.zeros(len(units), np.int64)
+    for idx in groups.values():
+      stacked = jnp.stack([units[i] for i in idx])
+      if cfg.inference_algorithm == "oneshot":
+        grads = inference.alpha_grads_many(self.masked, weights, self.bank, stacked,
+                                           objective=objective)
+        out[idx] = np.asarray(jnp.argmin(grads, axis=-1))
+      else:
+        out[idx] = inference.binary_many(self.masked, weights, self.bank, stacked,
+                                         objective=objective)
+    return out
 
   def _inferred_accuracy(self, task_id: int, weights, task_batch_stats):
     cfg = self.config
     batches = self._batches(task_id)
     units = self._inference_units(batches)
-    inferred = self._infer(weights, units)
+    inferred = self._infer(weights, units, cfg.inference_objective)
+    for objective in cfg.get("compare_objectives") or ():
+      if objective != cfg.inference_objective:
+        other = self._infer(weights, units, objective)
+        self.comparison.setdefault(objective, {})[task_id] = float(
+            np.mean(other == task_id))
     stats = lambda t: task_batch_stats.get(str(t)) or {}
     correct, total = 0, 0
     if cfg.get("per_example_inference"):

@@ -343,6 +343,11 @@ def _run(config, workdir, ckpt, cfg_dict, t_start) -> dict:
         rec["eval_after"].append(point)
         rec["rows"].append(row)
         rec["inference_rows"].append(inf_row)
+        if evaluator.comparison:
+          rec.setdefault("compare", []).append(
+              {obj: metrics.average_accuracy(list(accs.values()))
+               for obj, accs in evaluator.comparison.items()})
+          evaluator.comparison.clear()
         msg = f"after {point} tasks: average accuracy {metrics.average_accuracy(row):.4f}"
         if inf_row is not None:
           msg += f", task-inference accuracy {metrics.average_accuracy(inf_row):.4f}"
@@ -382,6 +387,9 @@ def _finish(config, workdir, rec, bank, wall, setup) -> dict:
     results["avg_accuracy_by_eval"] = [metrics.average_accuracy(r) for r in rec["rows"]]
     results["task_inference_accuracy_by_eval"] = [
         metrics.average_accuracy(r) for r in inf_rows]
+  if rec.get("compare"):
+    # Task-inference accuracy of the other objectives at each evaluation point.
+    results["task_inference_accuracy_other_objectives"] = rec["compare"]
   metrics.write_json_atomic(os.path.join(workdir, "results.json"), results)
   metrics.write_accuracy_csv(os.path.join(workdir, "accuracy.csv"),
                              rec["eval_after"], rec["rows"], inf_rows)

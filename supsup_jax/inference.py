@@ -188,48 +188,118 @@ def alpha_grad(masked: MaskedModel, weights, bank: MaskBank, images: jax.Array, 
   return grads[:bank.num_tasks]
 
 
+def _unpack_block(rows, i, block, layout, packed):
+  rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
+  bits = jnp.unpackbits(rb, axis=-1, count=layout.num_bits) if packed else rb
+  return bits.astype(jnp.float32)  # [block, num_bits]
+
+
 @functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
-                                              "packed", "block"))
-def _alpha_grads_many(masked, layout, weights, rows, counts, num_tasks,
-                      images_many, batch_stats, objective, packed, block):
-  mean = layout.unflatten(counts.astype(jnp.float32) / num_tasks)
+                                              "packed", "block", "all_alive"))
+def _alpha_grads_units(masked, layout, weights, rows, counts, num_tasks, alive,
+                       images_many, batch_stats, objective, packed, block, all_alive):
+  """Per-unit alpha-gradients at alpha uniform over each unit's alive tasks.
 
-  def one(images):
-    return layout.flatten(effective_weight_grad(masked, weights, mean, images,
-                                                objective, batch_stats))
-
-  g = jax.vmap(one)(images_many)  # [N, num_bits]
+  rows: [capacity, bytes]; alive: [N, capacity] bool (ignored if all_alive,
+  then the bank's kept counts give the mean); images_many: [N, n, ...].
+  Returns [N, capacity]; every product is a matmul over a block of unpacked
+  rows, so N units cost about as much as one pass over the bank.
+  """
   capacity = rows.shape[0]  # a multiple of block (MaskBank.ROW_ALIGN)
-
-  def body(i, out):
-    rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
-    bits = jnp.unpackbits(rb, axis=-1, count=layout.num_bits) if packed else rb
-    # One matrix product per block serves all N units.
-    return jax.lax.dynamic_update_slice_in_dim(
-        out, bits.astype(jnp.float32) @ g.T, i * block, 0)
-
   n_blocks = (num_tasks.astype(jnp.int32) + block - 1) // block
-  out = jax.lax.fori_loop(0, n_blocks, body,
-                          jnp.zeros((capacity, g.shape[0]), jnp.float32))
+  n_units = images_many.shape[0]
+  if all_alive:
+    means = jnp.broadcast_to(counts.astype(jnp.float32) / num_tasks,
+                             (n_units, layout.num_bits))
+  else:
+    alive_f = alive.astype(jnp.float32)
+
+    def add_block(i, acc):
+      a = jax.lax.dynamic_slice_in_dim(alive_f, i * block, block, axis=1)
+      return acc + a @ _unpack_block(rows, i, block, layout, packed)
+
+    sums = jax.lax.fori_loop(0, n_blocks, add_block,
+                             jnp.zeros((n_units, layout.num_bits), jnp.float32))
+    means = sums / jnp.sum(alive_f, axis=1, keepdims=True)
+
+  def unit_grad(mean, images):
+    return layout.flatten(effective_weight_grad(
+        masked, weights, layout.unflatten(mean), images, objective, batch_stats))
+
+  g = jax.vmap(unit_grad)(means, images_many)  # [N, num_bits]
+
+  def dot_block(i, out):
+    return jax.lax.dynamic_update_slice_in_dim(
+        out, _unpack_block(rows, i, block, layout, packed) @ g.T, i * block, 0)
+
+  out = jax.lax.fori_loop(0, n_blocks, dot_block,
+                          jnp.zeros((capacity, n_units), jnp.float32))
   return out.T
+
+
+def _units_call(masked, weights, bank, images_many, alive, objective, batch_stats,
+                block):
+  all_alive = alive is None
+  if all_alive:
+    alive = jnp.zeros((1, 1), bool)
+  else:
+    alive = jnp.pad(jnp.asarray(alive, bool),
+                    ((0, 0), (0, bank.storage.shape[0] - bank.num_tasks)))
+  grads = _alpha_grads_units(masked, bank.layout, weights, bank.storage, bank.counts,
+                             jnp.float32(bank.num_tasks), alive, images_many,
+                             batch_stats, objective, bank.packed, block, all_alive)
+  return grads[:, :bank.num_tasks]
+
+
+def _check_bank(bank: MaskBank, objective: str) -> None:
+  check_objective(objective)
+  if bank.num_tasks == 0:
+    raise ValueError("task inference needs at least one mask in the bank")
 
 
 def alpha_grads_many(masked: MaskedModel, weights, bank: MaskBank,
                      images_many: jax.Array, *, objective: str = "entropy",
-                     batch_stats=None, block: int = 64) -> jax.Array:
-  """Alpha-gradients for N independent inference units at once.
+                     batch_stats=None, block: int = 64,
+                     unit_chunk: int = 64) -> jax.Array:
+  """Alpha-gradients at the uniform superposition for N independent units.
 
   images_many: ``[N, n, *input_shape]`` (N units of n images each).
-  Returns ``[N, bank.num_tasks]``. With N > 1 the pass over the bank is one
-  matrix product per block of unpacked masks, so it costs little more than N=1.
+  Returns ``[N, bank.num_tasks]``. Units are processed ``unit_chunk`` at a
+  time (bounds memory to unit_chunk x num_bits floats).
   """
-  check_objective(objective)
-  if bank.num_tasks == 0:
-    raise ValueError("task inference needs at least one mask in the bank")
-  grads = _alpha_grads_many(masked, bank.layout, weights, bank.storage, bank.counts,
-                            jnp.float32(bank.num_tasks), images_many, batch_stats,
-                            objective, bank.packed, block)
-  return grads[:, :bank.num_tasks]
+  _check_bank(bank, objective)
+  out = [_units_call(masked, weights, bank, images_many[i:i + unit_chunk], None,
+                     objective, batch_stats, block)
+         for i in range(0, images_many.shape[0], unit_chunk)]
+  return jnp.concatenate(out)
+
+
+def binary_many(masked: MaskedModel, weights, bank: MaskBank,
+                images_many: jax.Array, *, objective: str = "entropy",
+                batch_stats=None, block: int = 64, unit_chunk: int = 16) -> np.ndarray:
+  """Binary task inference for N units at once; returns ``[N]`` task ids.
+
+  Each round keeps, per unit, the half of its candidates with the smallest
+  gradient and resets alpha uniform over them (<= log2 k + 1 rounds).
+  """
+  _check_bank(bank, objective)
+  k = bank.num_tasks
+  picks = []
+  for start in range(0, images_many.shape[0], unit_chunk):
+    images = images_many[start:start + unit_chunk]
+    alive = np.ones((images.shape[0], k), bool)
+    n_alive = k
+    while n_alive > 1:
+      g = np.asarray(_units_call(masked, weights, bank, images,
+                                 None if n_alive == k else alive,
+                                 objective, batch_stats, block))
+      g = np.where(alive, g, np.inf)
+      n_alive = (n_alive + 1) // 2
+      order = np.argsort(g, axis=1, kind="stable")[:, :n_alive]
+      alive = np.zeros_like(alive)
+      np.put_along_axis(alive, order, True, axis=1)
+    picks.append(np.argmax(alive, axis=1))
+  return np.concatenate(picks)
 
 
 def oneshot(masked: MaskedModel, weights, bank: MaskBank, images, *,
@@ -239,57 +309,11 @@ def oneshot(masked: MaskedModel, weights, bank: MaskBank, images, *,
                                    objective=objective, batch_stats=batch_stats)))
 
 
-@functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
-                                              "packed", "block"))
-def _alpha_grad_subset(masked, layout, weights, rows, alive, images, batch_stats,
-                       objective, packed, block):
-  """Gradient at alpha uniform over the ``alive`` tasks (bool [k])."""
-  alive_f = alive.astype(jnp.float32)
-  n_alive = jnp.sum(alive_f)
-  # Mean of the alive masks, via the same byte-LUT pass with the roles swapped:
-  # unpack only once per block by using bank_dot on one-hot columns is costly,
-  # so unpack rows in blocks and accumulate.
-  def body(carry, xs):
-    rb, ab = xs
-    bits = (jnp.unpackbits(rb, axis=-1, count=layout.num_bits) if packed else rb)
-    return carry + ab @ bits.astype(jnp.float32), None
-
-  k = rows.shape[0]
-  pad = (-k) % block
-  rows_p = jnp.pad(rows, ((0, pad), (0, 0)))
-  alive_p = jnp.pad(alive_f, (0, pad))
-  total, _ = jax.lax.scan(body, jnp.zeros((layout.num_bits,), jnp.float32),
-                          (rows_p.reshape(-1, block, rows.shape[1]),
-                           alive_p.reshape(-1, block)))
-  mean = layout.unflatten(total / n_alive)
-  g_tree = effective_weight_grad(masked, weights, mean, images, objective, batch_stats)
-  return bank_dot(rows_p, layout.flatten(g_tree), packed=packed, block=block)[:k]
-
-
 def binary(masked: MaskedModel, weights, bank: MaskBank, images, *,
            objective: str = "entropy", batch_stats=None, block: int = 64) -> int:
-  """Binary task inference: keep the half of the candidates with the smallest
-  gradient, reset alpha uniform over them, repeat (<= log2 k + 1 rounds)."""
-  check_objective(objective)
-  k = bank.num_tasks
-  if k == 0:
-    raise ValueError("task inference needs at least one mask in the bank")
-  alive = np.ones(k, bool)
-  rows = bank.rows
-  while alive.sum() > 1:
-    if alive.all():
-      g = np.asarray(alpha_grad(masked, weights, bank, images, objective=objective,
-                                batch_stats=batch_stats, block=block))
-    else:
-      g = np.asarray(_alpha_grad_subset(masked, bank.layout, weights, rows,
-                                        jnp.asarray(alive), images, batch_stats,
-                                        objective, bank.packed, block))
-    g = np.where(alive, g, np.inf)
-    keep = int(np.ceil(alive.sum() / 2))
-    order = np.argsort(g, kind="stable")
-    alive = np.zeros(k, bool)
-    alive[order[:keep]] = True
-  return int(np.flatnonzero(alive)[0])
+  """Binary task inference for one batch of images [B, ...] (see binary_many)."""
+  return int(binary_many(masked, weights, bank, images[None], objective=objective,
+                         batch_stats=batch_stats, block=block)[0])
 
 
 def infer_task(masked: MaskedModel, weights, bank: MaskBank, images, *,

@@ -172,6 +172,28 @@ class AlphaGradientTest(parameterized.TestCase):
       x = task_data[t][:32]
       self.assertEqual(inference.oneshot(masked, weights, bank, x), t)
       self.assertEqual(inference.binary(masked, weights, bank, x), t)
+    units = jnp.stack([task_data[t][32:48] for t in (2, 0, 3, 1)])
+    np.testing.assert_array_equal(
+        inference.binary_many(masked, weights, bank, units), [2, 0, 3, 1])
+    np.testing.assert_array_equal(
+        jnp.argmin(inference.alpha_grads_many(masked, weights, bank, units), -1),
+        [2, 0, 3, 1])
+
+  def test_subset_gradient_equals_jax_grad(self):
+    """Binary rounds: gradient at alpha uniform over a subset of tasks."""
+    _, weights, masked = _setup()
+    bank = bank_lib.MaskBank(weights)
+    for s in range(9):
+      bank.add(_random_masks(weights, s))
+    alive = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1], bool)
+    x = jax.random.normal(jax.random.key(3), (8, 28, 28, 1))
+    fast = inference._units_call(masked, weights, bank, x[None], alive[None],
+                                 "entropy", None, 64)[0]
+    alphas = jnp.asarray(alive, jnp.float32) / alive.sum()
+    reference = jax.grad(lambda a: inference.superposed_objective(
+        masked, weights, bank.stacked(), a, x, "entropy"))(alphas)
+    np.testing.assert_allclose(fast, reference, rtol=1e-3,
+                               atol=1e-4 * float(jnp.max(jnp.abs(reference))))
 
 
 if __name__ == "__main__":

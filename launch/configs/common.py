@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.inference_objective = "entropy"   # entropy (H) | g (G)
   c.inference_examples = 1       # images per batch used to infer; 0 = all
   c.per_example_inference = False
+  c.compare_objectives = ()      # also report task inference with these objectives
   # Bookkeeping.
   c.keep_scores = True
   c.log_every_steps = 250
