@@ -15,6 +15,9 @@ import numpy as np
 from launch.configs import gg_permuted_mnist
 from launch.configs import gg_split_mnist
 from launch.configs import gnu_permuted_mnist_lenet
+from launch.configs import gns_split_mnist
+from supsup_jax import bank as bank_lib
+from supsup_jax import evaluation
 from supsup_jax import experiment
 from supsup_jax import training
 from supsup_jax.checkpoint import ConfigMismatchError
@@ -122,6 +125,46 @@ class GNuRunTest(absltest.TestCase):
     self.assertGreaterEqual(results["avg_accuracy"], 0.85)
     self.assertEqual(results["eval_after_tasks"], [2, 4])
     self.assertLen(results["task_inference_matrix"], 2)
+
+  def test_per_example_inference_and_objective_comparison(self):
+    c = gnu_permuted_mnist_lenet.get_config()
+    c.num_tasks = 3
+    c.iterations_per_task = 200
+    c.eval_after_tasks = ()
+    c.eval_batches_per_task = 2
+    c.per_example_inference = True
+    c.inference_objective = "g"
+    c.compare_objectives = ("entropy",)
+    results = experiment.run(c, self.create_tempdir().full_path)
+    # One image per inference: weaker than a batch, far above chance (1/3).
+    self.assertGreater(results["task_inference_accuracy"], 0.8)
+    other = results["task_inference_accuracy_other_objectives"][-1]["entropy"]
+    self.assertGreater(other, 0.8)
+
+  def test_gns_scores_wrongly_inferred_batches_as_they_fall(self):
+    """A batch inferred as the wrong task: GNs classifies it with that task's
+    mask, GNu counts it as all wrong."""
+    c = gns_split_mnist.get_config()
+    c.num_tasks = 2
+    c.eval_batches_per_task = 3
+    setup = experiment.build(c)
+    state = training.init_task_state(setup.masked, setup.weights, setup.optimizer,
+                                     jax.random.key(0))
+    chunk = experiment.make_chunk_fn(setup, c.batch_size, parallel=False)
+    state, _ = chunk(setup.weights, setup.stream.device_arrays, state, jnp.int32(0), 150)
+    bank = bank_lib.MaskBank(state.scores)
+    bank.add(setup.mask_spec(state.scores))
+    bank.add(setup.mask_spec(state.scores))  # task 1 holds the same mask
+    accuracy = {}
+    for scenario in ("GNs", "GNu"):
+      c.scenario = scenario
+      evaluator = evaluation.Evaluator(c, setup, bank)
+      evaluator._infer = lambda weights, units, objective: np.ones(len(units), int)
+      accuracy[scenario], inference_accuracy = evaluator._inferred_accuracy(
+          0, setup.weights, {})
+      self.assertEqual(inference_accuracy, 0.0)
+    self.assertGreater(accuracy["GNs"], 0.95)
+    self.assertEqual(accuracy["GNu"], 0.0)
 
 
 class ResumeTest(absltest.TestCase):

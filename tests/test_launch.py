@@ -1,0 +1,75 @@
+"""The absl launcher: every config loads; bad values give one clear line."""
+import glob
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+from absl.testing import parameterized
+from ml_collections import config_flags
+
+from supsup_jax import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "launch", "configs", "*.py"))
+                 if not os.path.basename(p).startswith(("_", "common")))
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, "-m", "launch.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+class ConfigsTest(parameterized.TestCase):
+
+  @parameterized.parameters(*CONFIGS)
+  def test_config_is_valid(self, path):
+    config = config_flags.config_flags._LoadConfigModule("c", path).get_config()
+    experiment._validate(config)
+    for key in ("num_tasks", "seed", "iterations_per_task", "epochs_per_task"):
+      self.assertIn(key, config)
+    doc = open(path).read()
+    self.assertIn("python -m launch.main --config=launch/configs/", doc)
+    self.assertEqual(config.experiment, os.path.basename(path)[:-3])
+
+  def test_all_paper_experiments_have_configs(self):
+    names = {os.path.basename(p)[:-3] for p in CONFIGS}
+    self.assertContainsSubset(
+        {"gg_split_mnist", "gg_permuted_mnist", "gg_split_fashion_mnist",
+         "gg_split_cifar10", "gg_split_cifar100", "gg_split_imagenet",
+         "gnu_permuted_mnist_lenet", "gnu_permuted_mnist_fc",
+         "gnu_permuted_mnist_2500", "gnu_rotated_mnist", "gns_split_mnist"}, names)
+
+
+class LauncherErrorsTest(absltest.TestCase):
+
+  def test_bad_value_is_one_line_error(self):
+    workdir = self.create_tempdir().full_path
+    result = _launch("--config=launch/configs/gg_split_mnist.py", f"--workdir={workdir}",
+                     "--config.mask_kind=random")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("error: unknown mask kind 'random'; allowed: topk, threshold",
+                  result.stderr)
+    self.assertNotIn("Traceback", result.stderr)
+
+  def test_unknown_key_and_missing_workdir(self):
+    result = _launch("--config=launch/configs/gg_split_mnist.py", "--workdir=/tmp/x",
+                     "--config.not_a_key=3")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("not_a_key", result.stderr)
+    result = _launch("--config=launch/configs/gg_split_mnist.py")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("--workdir", result.stderr)
+
+  def test_missing_data_dir_message(self):
+    workdir = self.create_tempdir().full_path
+    missing = os.path.join(workdir, "no_data_here")
+    result = _launch("--config=launch/configs/gg_split_mnist.py", f"--workdir={workdir}",
+                     f"--config.data_dir={missing}")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn(missing, result.stderr)
+    self.assertNotIn("Traceback", result.stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()
