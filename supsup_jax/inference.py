@@ -237,8 +237,17 @@ def _alpha_grads_units(masked, layout, weights, rows, counts, num_tasks, alive,
   return out.T
 
 
+def _unpack_rows_per_block(num_bits: int, block: int) -> int:
+  """Rows unpacked at once: at most ``block`` and ~128 MB of float32."""
+  rows = block
+  while rows > 8 and rows * num_bits * 4 > (128 << 20):
+    rows //= 2
+  return rows
+
+
 def _units_call(masked, weights, bank, images_many, alive, objective, batch_stats,
                 block):
+  block = _unpack_rows_per_block(bank.layout.num_bits, block)
   all_alive = alive is None
   if all_alive:
     alive = jnp.zeros((1, 1), bool)

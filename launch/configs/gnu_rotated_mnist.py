@@ -25,6 +25,9 @@ def get_config():
   c.inference_objective = "entropy"
   c.inference_examples = 0
   c.eval_after_tasks = (10, 20, 36)
+  # Binary inference re-runs the superposed FC 1024-1024 per round and batch;
+  # 20 test batches (2,560 images) per task keep the evaluation to minutes.
+  c.eval_batches_per_task = 20
   c.keep_scores = False
   c.log_every_steps = 500
   return c
