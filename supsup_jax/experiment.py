@@ -11,7 +11,6 @@ the same command on the same workdir resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import time
@@ -88,8 +87,9 @@ class Setup:
 def build(config: ml_collections.ConfigDict) -> Setup:
   """Data stream, model, frozen weights, optimizer for a config."""
   _validate(config)
+  data_seed = config.get("data_seed")
   stream = data_lib.make_stream(config.dataset, num_tasks=config.num_tasks,
-                                seed=config.data_seed if config.get("data_seed") is not None else config.seed,
+                                seed=config.seed if data_seed is None else data_seed,
                                 data_dir=config.get("data_dir") or None,
                                 download=bool(config.get("download", False)),
                                 **dict(config.get("dataset_options") or {}))
@@ -278,7 +278,6 @@ def _run(config, workdir, ckpt, cfg_dict, t_start) -> dict:
             "kept_scores": kept_scores, "score_sum": score_sum}
     if partial is not None:
       tree["partial"] = partial
-    rec["elapsed_s"] = rec.get("elapsed_s", 0.0)
     ckpt.save(next_task_id * (steps + 1) + (int(partial["step"].max()) if partial else 0),
               jax.tree.map(np.asarray, tree),
               {"next_task": next_task_id, "record": rec, "config": cfg_dict,

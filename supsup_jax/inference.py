@@ -21,15 +21,14 @@ Objectives (``objective=``):
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from supsup_jax import masks as masks_lib
 from supsup_jax import tree as tree_lib
-from supsup_jax.bank import Layout, MaskBank
+from supsup_jax.bank import MaskBank
 from supsup_jax.training import MaskedModel
 
 OBJECTIVES = ("entropy", "g")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

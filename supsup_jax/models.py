@@ -211,6 +211,3 @@ def make_model(name: str, num_outputs: int, **kwargs: Any) -> nn.Module:
     raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
   return MODELS[name](num_outputs=num_outputs, **kwargs)
 
-
-def has_batch_norm(variables: dict) -> bool:
-  return bool(variables.get("batch_stats"))

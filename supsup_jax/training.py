@@ -12,7 +12,6 @@ state and the batch to train several tasks' masks at once (GG).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping
 
 import flax
@@ -23,7 +22,6 @@ import numpy as np
 import optax
 
 from supsup_jax import masks as masks_lib
-from supsup_jax import tree as tree_lib
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 SCHEDULES = ("constant", "cosine")

@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from supsup_jax import masks as masks_lib
 from supsup_jax import models
