@@ -291,8 +291,9 @@ def _run(config, workdir, ckpt, cfg_dict, t_start) -> dict:
     states = []
     for t in group:
       init_scores = None
-      if config.get("transfer") and t > 0:
-        init_scores = jax.tree.map(lambda s: s / t, score_sum)
+      if config.get("transfer") and group[0] > 0:
+        # SupSup-Transfer: start from the mean scores of the finished tasks.
+        init_scores = jax.tree.map(lambda s: s / group[0], score_sum)
       states.append(training.init_task_state(
           masked, weights, setup.optimizer, _task_key(config.seed, t),
           batch_stats=setup.initial_batch_stats, scores=init_scores))

@@ -79,6 +79,27 @@ class GGRunTest(absltest.TestCase):
       experiment.run(c, self.create_tempdir().full_path)
 
 
+class TransferTest(absltest.TestCase):
+
+  def test_transfer_starts_from_mean_of_earlier_scores(self):
+    c = _permuted_config(num_tasks=3, iterations=30)
+    c.transfer = True
+    c.keep_scores = True
+    workdir = self.create_tempdir().full_path
+    experiment.run(c, workdir)
+    tree, _ = experiment.ckpt_lib.RunCheckpointer(workdir, c.to_dict()).restore()
+    kept = tree["kept_scores"]
+    # Task 2's scores moved at most 30 RMSprop steps (<= ~10 * lr each) away
+    # from the mean of tasks 0 and 1, far closer than a fresh random init.
+    mean01 = (kept["0"]["Dense_0"]["kernel"] + kept["1"]["Dense_0"]["kernel"]) / 2
+    setup = experiment.build(c)
+    fresh = training.init_task_state(setup.masked, setup.weights, setup.optimizer,
+                                     experiment._task_key(c.seed, 2)).scores
+    dist_transfer = np.abs(kept["2"]["Dense_0"]["kernel"] - mean01).mean()
+    dist_fresh = np.abs(np.asarray(fresh["Dense_0"]["kernel"]) - mean01).mean()
+    self.assertLess(dist_transfer, 0.2 * dist_fresh)
+
+
 class TaskParallelTest(absltest.TestCase):
 
   def test_vmap_training_matches_sequential(self):
