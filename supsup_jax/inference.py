@@ -55,15 +55,6 @@ def objective_value(logits: jax.Array, objective: str, num_classes: int) -> jax.
   return jnp.mean(jax.nn.logsumexp(logits, axis=-1))
 
 
-def _logits(masked: MaskedModel, weights, masks, batch_stats, images):
-  # Models with batch norm but no statistics given use batch statistics.
-  train = False
-  if batch_stats is None:
-    batch_stats = {}
-  logits, _ = masked.logits_with_masks(weights, masks, batch_stats, images, train)
-  return logits
-
-
 def superposed_logits(masked: MaskedModel, weights, stacked_masks: Mapping,
                       alphas: jax.Array, images: jax.Array,
                       batch_stats: Mapping | None = None) -> jax.Array:
@@ -77,7 +68,9 @@ def superposed_logits(masked: MaskedModel, weights, stacked_masks: Mapping,
     logits ``[B, num_outputs]``. Pure: works under jit, grad and vmap.
   """
   mixed = jax.tree.map(lambda m: jnp.tensordot(alphas, m, axes=1), dict(stacked_masks))
-  return _logits(masked, weights, mixed, batch_stats, images)
+  logits, _ = masked.logits_with_masks(weights, mixed, batch_stats or {}, images,
+                                       train=False)
+  return logits
 
 
 def superposed_objective(masked: MaskedModel, weights, stacked_masks, alphas,
@@ -96,8 +89,7 @@ def effective_weight_grad(masked: MaskedModel, weights, mixed_masks: Mapping,
   w_masked = tree_lib.unflatten(w_masked)
 
   def obj(effective):
-    # Effective weights replace the masked leaves of the full weight tree:
-    # apply_masks with "masks" = effective / W would divide; instead merge.
+    # The effective weights replace the masked leaves of the weight tree.
     flat = tree_lib.flatten(weights)
     flat.update(tree_lib.flatten(effective))
     params = tree_lib.unflatten(flat)
