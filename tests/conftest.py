@@ -12,3 +12,20 @@ os.environ.setdefault(
     "SUPSUP_DATA_DIR",
     os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))), "shared", "data"))
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: long real-data run; skipped unless SUPSUP_SLOW=1 "
+      "(CI runs the short versions)")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  if os.environ.get("SUPSUP_SLOW") == "1":
+    return
+  import pytest  # pylint: disable=import-outside-toplevel
+  skip = pytest.mark.skip(reason="slow real-data run; set SUPSUP_SLOW=1")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

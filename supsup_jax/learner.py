@@ -1,0 +1,97 @@
+"""What a continual learner is: a frozen bundle of pure functions over pytrees.
+
+In the spirit of optax's ``GradientTransformation``: a :class:`Learner` holds
+functions and static facts, never state. Its state lives in two pytrees that
+the run loop owns, checkpoints and passes back in:
+
+* ``memory``: what the learner keeps across tasks (SupSup: the frozen weights,
+  the mask bank, per-task batch-norm statistics, the running score sum).
+  Its structure and shapes are fixed when it is created, so functions taking
+  it compile once.
+* ``task_state``: what changes while one task trains (scores, optimizer state,
+  batch-norm statistics, step counter, PRNG key).
+
+Shapes at the boundaries: ``images`` float32 ``[B, *input_shape]``, ``labels``
+int32 ``[B]``, logits ``[B, num_outputs]``; ``task_id`` an int32 scalar
+(Python, NumPy or traced). ``train_step`` must be jittable and vmappable over
+a leading task axis of ``task_state``, ``images`` and ``labels`` (the run loop
+trains several tasks at once that way); ``logits`` and ``end_task`` must be
+jittable. ``infer_task`` and ``detect_task`` may run host code (binary
+search) but are pure.
+
+Which scenarios a learner serves follows from what it has: every learner
+serves GG; GNs/GNu need ``infer_task``; NNs needs ``infer_task``,
+``detect_task`` and ``reopen_task``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+Memory = Any
+TaskState = Any
+
+SCENARIOS = ("GG", "GNs", "GNu", "NNs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  """A continual learner (see the module docstring for the contract).
+
+  Attributes:
+    name: shown in errors and results.
+    num_classes: real classes per task; accuracy uses ``logits[:, :num_classes]``.
+    init_memory: ``() -> memory``.
+    init_task: ``(memory, task_id, key) -> task_state`` for a task not seen yet.
+    train_step: ``(memory, task_state, images, labels) -> (task_state,
+      {"loss", "accuracy"})``; pure, jittable, vmappable over tasks.
+    end_task: ``(memory, task_state, task_id) -> memory``: keeps what the task
+      learned. Called again with the same ``task_id`` it overwrites that task.
+    logits: ``(memory, task_id, images) -> logits`` with the task given.
+    trains_weights: whether the learner changes network weights (baselines,
+      PackNet) or only masks over fixed weights (SupSup).
+    infer_task: ``(memory, num_learned, images_many[N, n, ...]) -> int [N]``:
+      the task of each of N units of n images (GN/NN scenarios).
+    detect_task: ``(memory, num_learned, images) -> (is_new, best)``: whether
+      a batch comes from data none of the ``num_learned`` tasks fits (NNs).
+    reopen_task: ``(memory, task_id, key) -> task_state``: resume training a
+      task already ended (NNs, when old data comes back).
+    summary: ``(memory, num_learned) -> dict`` of JSON-able facts for
+      results.json (``bytes_per_task`` at least).
+  """
+  name: str
+  num_classes: int
+  init_memory: Callable[[], Memory]
+  init_task: Callable[[Memory, Any, Any], TaskState]
+  train_step: Callable[..., tuple[TaskState, dict]]
+  end_task: Callable[[Memory, TaskState, Any], Memory]
+  logits: Callable[[Memory, Any, Any], Any]
+  summary: Callable[[Memory, int], dict]
+  trains_weights: bool = False
+  infer_task: Callable[[Memory, int, Any], Any] | None = None
+  detect_task: Callable[[Memory, int, Any], tuple[bool, int]] | None = None
+  reopen_task: Callable[[Memory, Any, Any], TaskState] | None = None
+
+
+_NEEDS = {
+    "GG": (),
+    "GNs": ("infer_task",),
+    "GNu": ("infer_task",),
+    "NNs": ("infer_task", "detect_task", "reopen_task"),
+}
+
+
+def check_serves(learner: Learner, scenario: str) -> None:
+  """Raises a one-line ValueError unless ``learner`` can run ``scenario``."""
+  if scenario not in _NEEDS:
+    raise ValueError(f"scenario {scenario!r} unknown; allowed: {', '.join(SCENARIOS)}")
+  missing = [f for f in _NEEDS[scenario] if getattr(learner, f) is None]
+  if missing:
+    raise ValueError(
+        f"learner {learner.name!r} cannot serve scenario {scenario}: it lacks "
+        f"{', '.join(missing)} (task identity is not given there); use GG or a "
+        "learner that infers the task")
+
+
+def serves(learner: Learner, scenario: str) -> bool:
+  return all(getattr(learner, f) is not None for f in _NEEDS[scenario])
