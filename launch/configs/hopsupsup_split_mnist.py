@@ -1,0 +1,52 @@
+r"""HopSupSup SplitMNIST: 5 tasks of 2 digits, labels kept 0-9, task not given.
+
+Gain masks on the two batch-norm layers of a 784-2048-2048-10 Swish MLP with
+fixed signed-constant weights, stored in one 2048 x 2048 Hopfield net per layer
+(Storkey rule) and recovered at test time on the task's test stream (batches of
+64): SGD lr 500, momentum 0.9 on (1 - b/B) H + gamma (b/B) E, gamma 1.5e-3
+(Wortsman, Ramanujan et al. 2020, arXiv:2006.14769; the authors'
+experiments/GNu/SplitMNIST/hopsupsup.py).
+  python -m launch.main --config=launch/configs/hopsupsup_split_mnist.py \
+      --workdir=runs/hopsupsup_split_mnist
+Store SplitMNIST and Split Fashion-MNIST (10 masks per layer) and sweep the
+number of synthetic masks for the store's capacity:
+  python -m launch.main --config=launch/configs/hopsupsup_split_mnist.py \
+      --workdir=runs/hopsupsup_mnist_fashion \
+      --config.extra_datasets='("split_fashion_mnist",)' \
+      --config.capacity_sweep='(5,10,20,50,100,200,400)'
+"""
+from launch.configs import common
+
+
+def get_config():
+  c = common.base_config()
+  c.experiment = "hopsupsup_split_mnist"
+  c.runner = "hopsupsup"
+  c.method = "hopsupsup"
+  c.scenario = "GNu"
+  c.dataset = "split_mnist"
+  c.dataset_options.shared_labels = True    # labels kept 0-9
+  c.num_tasks = 5
+  c.model = "bn_swish_mlp"
+  c.model_options.hidden = (2048, 2048)
+  c.num_outputs = 10
+  c.init = "signed_constant"
+  c.mask_kind = "threshold"                 # gain = 1[score >= 0], scores start at 0
+  c.optimizer = "sgd"
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.batch_size = 128
+  c.iterations_per_task = 0
+  c.epochs_per_task = 1.0
+  # Hopfield store and recovery.
+  c.hopfield_rule = "storkey"               # storkey (authors' code) | hebbian (paper text)
+  c.recovery_gamma = 1.5e-3
+  c.recovery_learning_rate = 500.0
+  c.recovery_momentum = 0.9
+  c.recovery_weight_decay = 1e-4            # the authors' optimizer keeps args.wd
+  c.recovery_batch_size = 64
+  c.recovery_batches = 0                    # 0 = every full test batch of the task
+  c.extra_datasets = ()                     # e.g. ("split_fashion_mnist",): more tasks in the store
+  c.capacity_sweep = ()                     # numbers of synthetic masks to store
+  return c
