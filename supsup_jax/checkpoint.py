@@ -3,15 +3,27 @@
 A checkpoint holds a pytree of arrays (``state``) and a JSON dict (``meta``).
 Orbax writes each step to a temporary folder and renames it when complete, so
 a run killed mid-write leaves the previous checkpoint intact.
+
+Orbax does not notice a bit flipped in stored array data (it restores wrong
+values), so after each save the SHA-256 of every file of the step is recorded
+in ``<step>/supsup_sha256.json``. :meth:`RunCheckpointer.restore` checks it and
+falls back to the previous step (two are kept) when the latest one is damaged,
+moving the damaged step to ``<workdir>/checkpoints_damaged/``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
+import time
 from typing import Any, Mapping
 
 import orbax.checkpoint as ocp
+
+_DIGESTS = "supsup_sha256.json"
+_log = logging.getLogger(__name__)
 
 # Config keys that may change between a run and its resumption.
 NON_SEMANTIC_KEYS = ("log_every_steps", "checkpoint_every_steps", "data_dir",
@@ -20,6 +32,48 @@ NON_SEMANTIC_KEYS = ("log_every_steps", "checkpoint_every_steps", "data_dir",
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run of a different configuration."""
+
+
+class CheckpointError(ValueError):
+  """No checkpoint in the workdir can be read."""
+
+
+def _step_digests(step_dir: str) -> dict[str, str]:
+  out = {}
+  for dirpath, _, filenames in os.walk(step_dir):
+    for f in filenames:
+      path = os.path.join(dirpath, f)
+      rel = os.path.relpath(path, step_dir)
+      if rel == _DIGESTS:
+        continue
+      h = hashlib.sha256()
+      with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+          h.update(block)
+      out[rel] = h.hexdigest()
+  return out
+
+
+def _verify(step_dir: str) -> None:
+  """Raises ValueError naming the first damaged file of a step (if it has digests)."""
+  try:
+    with open(os.path.join(step_dir, _DIGESTS)) as f:
+      want = json.load(f)
+  except FileNotFoundError:
+    return  # written before digests existed, or killed before they were: orbax decides
+  except ValueError:
+    raise ValueError(f"{os.path.join(step_dir, _DIGESTS)} is not valid JSON") from None
+  got = _step_digests(step_dir)
+  for rel in sorted(set(want) | set(got)):
+    if want.get(rel) != got.get(rel):
+      what = "is missing" if rel not in got else (
+          "is not in the record" if rel not in want else "has changed (sha256 mismatch)")
+      raise ValueError(f"{os.path.join(step_dir, rel)} {what}")
+
+
+def _one_line(e: BaseException) -> str:
+  msg = " ".join(str(e).split())
+  return f"{type(e).__name__}: {msg[:300]}" + ("..." if len(msg) > 300 else "")
 
 
 def config_fingerprint(config: Mapping) -> str:
@@ -49,18 +103,22 @@ class RunCheckpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
     self._manager.wait_until_finished()
+    step_dir = self._step_dir(step)
+    digests = _step_digests(step_dir)
+    tmp = os.path.join(step_dir, f".{_DIGESTS}.tmp")
+    with open(tmp, "w") as f:
+      json.dump(digests, f, indent=0, sort_keys=True)
+    os.replace(tmp, os.path.join(step_dir, _DIGESTS))
 
-  def restore(self) -> tuple[Any, dict] | None:
-    """The latest (state, meta), or None for a fresh workdir.
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
-    Raises:
-      ConfigMismatchError: the checkpoint belongs to another configuration.
-    """
-    step = self.latest_step()
-    if step is None:
-      return None
+  def _restore_step(self, step: int) -> tuple[Any, dict]:
+    _verify(self._step_dir(step))
     meta = self._manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
+    if not isinstance(meta, dict):
+      raise ValueError(f"{self._step_dir(step)}/meta holds {type(meta).__name__}, not a dict")
     if meta.get("config_fingerprint") != self.fingerprint:
       saved = meta.get("config", {})
       diff = sorted(k for k in set(saved) | set(self.config)
@@ -74,6 +132,47 @@ class RunCheckpointer:
     state = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore()))["state"]
     return state, meta
+
+  def restore(self) -> tuple[Any, dict] | None:
+    """The latest readable (state, meta), or None for a fresh workdir.
+
+    A damaged step (changed or missing file, unreadable array data or
+    metadata) is reported in one line, moved to ``<workdir>/checkpoints_damaged/``
+    and the previous step is tried.
+
+    Raises:
+      ConfigMismatchError: the checkpoint belongs to another configuration.
+      CheckpointError: there are checkpoints, but none can be read.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    failures, damaged = [], []
+    for step in steps:
+      try:
+        restored = self._restore_step(step)
+      except ConfigMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(f"step {step}: {_one_line(e)}")
+        _log.warning("checkpoint step %d in %s cannot be read (%s); %s", step,
+                     self.directory, _one_line(e),
+                     "trying the previous one" if step != steps[-1] else "none left")
+        damaged.append(step)
+        continue
+      # New saves will reuse the damaged steps' numbers: move them out of the way.
+      for bad in damaged:
+        self._set_aside(bad)
+      return restored
+    raise CheckpointError(
+        f"no readable checkpoint in {self.directory} ({'; '.join(failures)}); "
+        f"delete {self.directory} to start over")
+
+  def _set_aside(self, step: int) -> None:
+    damaged = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged")
+    os.makedirs(damaged, exist_ok=True)
+    shutil.move(self._step_dir(step), os.path.join(damaged, f"{step}.{int(time.time())}"))
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()

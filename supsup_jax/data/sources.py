@@ -15,14 +15,23 @@ Resolution order for a dataset ``name`` (see the "Data" section of README.md):
 2. Neither set (or ``download=True``): the official tfds builder with its default
    download (online).
 
+Provenance: every prepared or cached copy is tied to the exact source files.
+The SHA-256 of each manual file is checked against tfds's registered checksum
+and recorded next to the prepared tfds data (``supsup_sources.json`` in the
+builder's data dir); the decoded ``.npz`` cache and the extraction dirs are
+keyed by those digests. A changed, corrupt or wrong file is therefore noticed
+on every load, not only on the first (see :func:`file_digest`).
+
 Images come back as numpy uint8 NHWC, labels as int32. Results are cached per
-process, keyed by (dataset, data_dir).
+process, keyed by (dataset, data_dir, source digests).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import importlib
+import json
+import logging
 import os
 import shutil
 import sys
@@ -36,7 +45,8 @@ import numpy as np
 
 __all__ = [
     "DataNotFoundError", "DataChecksumError", "KNOWN_DATASETS", "load_dataset",
-    "resolve_data_dir", "cache_dir", "clear_cache", "load_image_folder",
+    "resolve_data_dir", "cache_dir", "clear_cache", "load_image_folder", "file_digest",
+    "folder_fingerprint",
 ]
 
 KNOWN_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
@@ -61,7 +71,7 @@ class DataChecksumError(ValueError):
   """A data file is corrupt or is the wrong file (checksum mismatch)."""
 
 
-_CACHE: dict[tuple[str, str | None], dict[str, Any]] = {}
+_CACHE: dict[tuple[str, str | None, str], dict[str, Any]] = {}
 _LOCK = threading.Lock()
 
 
@@ -136,6 +146,120 @@ def _file_lock(name: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# Files above this size get a partial digest (size + first and last chunk):
+# hashing ImageNet's 144 GB on every cache miss would take many minutes.
+_FULL_HASH_LIMIT = 1 << 30
+_PARTIAL_CHUNK = 16 << 20
+_SOURCES_RECORD = "supsup_sources.json"
+_log = logging.getLogger(__name__)
+
+
+def _stat_key(path: Path) -> list[int]:
+  # ctime changes on every write and cannot be set back by the user (unlike
+  # mtime), so an unchanged key means unchanged content.
+  st = path.stat()
+  return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _hash_file(path: Path, size: int) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    if size <= _FULL_HASH_LIMIT:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+      return h.hexdigest()
+    h.update(str(size).encode())
+    h.update(f.read(_PARTIAL_CHUNK))
+    f.seek(size - _PARTIAL_CHUNK)
+    h.update(f.read(_PARTIAL_CHUNK))
+  return "partial:" + h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+  """SHA-256 (hex) of a file's content.
+
+  Memoised in ``<cache>/sha256_memo.json`` by (size, mtime, ctime, inode), so a
+  file is read once until it changes. Files over 1 GiB get a ``partial:``
+  digest of their size and first and last 16 MiB.
+  """
+  path = Path(path).resolve()
+  key = _stat_key(path)
+  memo_path = cache_dir() / "sha256_memo.json"
+  try:
+    memo = json.loads(memo_path.read_text())
+  except (OSError, ValueError):
+    memo = {}
+  hit = memo.get(str(path))
+  if isinstance(hit, list) and hit[:-1] == key:
+    return hit[-1]
+  digest = _hash_file(path, key[0])
+  memo[str(path)] = key + [digest]
+  try:  # a lost memo entry only costs a re-hash
+    tmp = memo_path.with_name(f"{memo_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(memo))
+    os.replace(tmp, memo_path)
+  except OSError:
+    pass
+  return digest
+
+
+def _source_digests(name: str, sub: Path) -> dict[str, str]:
+  """{file name: sha256} of the manual files of ``name`` present in ``sub``."""
+  return {f: file_digest(sub / f) for f in _MANUAL_FILES.get(name, ()) if (sub / f).is_file()}
+
+
+def _digests_key(digests: dict[str, str]) -> str:
+  return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_registered(name: str, builder, sub: Path, digests: dict[str, str]) -> None:
+  """Each manual file must match tfds's registered checksum for it (if any)."""
+  for info in (builder.url_infos or {}).values():
+    fname = getattr(info, "filename", None)
+    got = digests.get(fname)
+    if got is None or got.startswith("partial:") or not info.checksum:
+      continue
+    if got != info.checksum:
+      raise DataChecksumError(
+          f"{sub / fname} is not the {name} file tfds expects (sha256 {got[:16]}..., "
+          f"registered {info.checksum[:16]}...); replace it with the original download")
+
+
+def _check_record(name: str, builder, sub: Path, digests: dict[str, str]) -> bool:
+  """True when the prepared data in the builder's dir came from these files.
+
+  False when it must be (re-)prepared: nothing prepared, or prepared from other
+  files (the files named in the log line changed since).
+  """
+  data_dir = Path(builder.data_dir)
+  if not builder.is_prepared():
+    return False
+  try:
+    recorded = json.loads((data_dir / _SOURCES_RECORD).read_text())["sha256"]
+  except (OSError, ValueError, KeyError, TypeError):
+    recorded = None
+  if recorded == digests:
+    return True
+  if recorded is None and any(getattr(i, "filename", None) in digests and i.checksum
+                              for i in (builder.url_infos or {}).values()):
+    # Prepared by tfds (online or before records existed) from files with the
+    # registered checksums that the current files were just checked against.
+    _write_record(data_dir, sub, digests)
+    return True
+  changed = sorted(f for f in set(digests) | set(recorded or {})
+                   if (recorded or {}).get(f) != digests.get(f))
+  _log.warning("%s: prepared data in %s %s; re-preparing from %s", name, data_dir,
+               f"came from other files (changed: {', '.join(changed)})" if recorded
+               else "has no record of its source files", sub)
+  return False
+
+
+def _write_record(data_dir: Path, sub: Path, digests: dict[str, str]) -> None:
+  tmp = data_dir / f".{_SOURCES_RECORD}.tmp{os.getpid()}"
+  tmp.write_text(json.dumps({"manual_dir": str(sub), "sha256": digests}, indent=1))
+  os.replace(tmp, data_dir / _SOURCES_RECORD)
+
+
 def _not_found(name: str, looked: list[str], extra: str = "") -> DataNotFoundError:
   files = ", ".join(_MANUAL_FILES.get(name, ()))
   return DataNotFoundError(
@@ -180,15 +304,28 @@ def prepare_builder(name: str, manual_dir: str | None, download: bool,
   tfds = import_tfds()
   with _wrap_tfds_errors(name, looked):
     builder = tfds.builder(name, data_dir=_tfds_data_dir())
-    if manual_dir is not None:
-      dl_config = tfds.download.DownloadConfig(
-          manual_dir=manual_dir,
-          extract_dir=str(cache_dir() / "extract" / name),  # own dir per dataset
-          try_download_gcs=False)
-    else:
+    if manual_dir is None:
       dl_config = tfds.download.DownloadConfig(try_download_gcs=download or None)
+      with _file_lock(f"tfds_{name}"):
+        builder.download_and_prepare(download_config=dl_config)
+      return builder
+    sub = Path(manual_dir)
+    digests = _source_digests(name, sub)
+    _check_registered(name, builder, sub, digests)
     with _file_lock(f"tfds_{name}"):
+      if _check_record(name, builder, sub, digests):
+        return builder
+      if builder.is_prepared():
+        shutil.rmtree(builder.data_dir)
+        builder = tfds.builder(name, data_dir=_tfds_data_dir())
+      # tfds reuses any extraction it finds by file name, so the extraction
+      # dir is keyed by the files' content and dropped after preparing.
+      extract_dir = cache_dir() / "extract" / f"{name}_{_digests_key(digests)}"
+      dl_config = tfds.download.DownloadConfig(
+          manual_dir=manual_dir, extract_dir=str(extract_dir), try_download_gcs=False)
       builder.download_and_prepare(download_config=dl_config)
+      _write_record(Path(builder.data_dir), sub, digests)
+      shutil.rmtree(extract_dir, ignore_errors=True)
   return builder
 
 
@@ -216,22 +353,26 @@ def _ds_to_numpy(tfds, ds):
   return np.concatenate(xs), np.concatenate(ys)
 
 
-def _save_npz(path: Path, out: dict[str, Any]) -> None:
+def _save_npz(path: Path, out: dict[str, Any], fingerprint: str) -> None:
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
     arrays = {f"{s}_{k}": out[s][i] for s in ("train", "test") for i, k in enumerate("xy")}
-    np.savez(tmp, class_names=np.array(out["class_names"]), **arrays)
+    np.savez(tmp, class_names=np.array(out["class_names"]),
+             source_fingerprint=np.array(fingerprint), **arrays)
     os.replace(tmp, path)
   except OSError:
     pass
 
 
-def _load_npz(path: Path) -> dict[str, Any] | None:
+def _load_npz(path: Path, fingerprint: str) -> dict[str, Any] | None:
+  """The cached arrays, or None when absent, unreadable or made from other files."""
   if not path.exists():
     return None
   try:
     with np.load(path, allow_pickle=False) as z:
+      if str(z["source_fingerprint"]) != fingerprint:
+        return None
       out = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "test")}
       out["class_names"] = [str(c) for c in z["class_names"]]
   except Exception:  # truncated / stale cache: rebuild
@@ -242,8 +383,7 @@ def _load_npz(path: Path) -> dict[str, Any] | None:
 
 def _extract_once(archive: Path, name: str) -> Path:
   """Unpacks ``archive`` into the cache dir once, atomically (tmp dir + rename)."""
-  st = archive.stat()
-  dest = cache_dir() / "image_folders" / f"{name}_{st.st_size}"
+  dest = cache_dir() / "image_folders" / f"{name}_{file_digest(archive)[:16]}"
   if dest.is_dir():
     return dest
   dest.parent.mkdir(parents=True, exist_ok=True)
@@ -275,18 +415,35 @@ def _extract_once(archive: Path, name: str) -> Path:
   return dest
 
 
+def folder_fingerprint(root: str | os.PathLike) -> str:
+  """Hash of every file's relative path, size and mtime under ``root``."""
+  h = hashlib.sha256()
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for f in sorted(filenames):
+      p = os.path.join(dirpath, f)
+      st = os.stat(p)
+      h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  return h.hexdigest()[:16]
+
+
 def load_image_folder(root: str | os.PathLike, *, splits=("train", "test"),
-                      use_cache: bool = True) -> dict[str, Any]:
+                      use_cache: bool = True, fingerprint: str | None = None
+                      ) -> dict[str, Any]:
   """Reads ``root/<split>/<class>/<image>`` with ``tfds.folder_dataset.ImageFolder``.
 
   Class ids are the alphabetical order of the class folder names. All images of
   one folder must have the same shape. Decoded arrays are cached as ``.npz`` next
-  to the folder (when writable), so the second load is fast.
+  to the folder (when writable), so the second load is fast; the cache records
+  ``fingerprint`` (default: :func:`folder_fingerprint`) and is rebuilt when
+  any image is added, removed or changed.
   """
   root = Path(root)
   npz = root.parent / f"{root.name}.arrays.npz"
   use_cache = use_cache and tuple(splits) == ("train", "test")
-  if use_cache and (cached := _load_npz(npz)) is not None:
+  if use_cache and fingerprint is None:
+    fingerprint = folder_fingerprint(root)
+  if use_cache and (cached := _load_npz(npz, fingerprint)) is not None:
     return cached
   tfds = import_tfds()
   builder = tfds.folder_dataset.ImageFolder(str(root))
@@ -299,16 +456,18 @@ def load_image_folder(root: str | os.PathLike, *, splits=("train", "test"),
   out["class_names"] = list(builder.info.features["label"].names)
   out["num_classes"] = len(out["class_names"])
   if use_cache:
-    _save_npz(npz, out)
+    _save_npz(npz, out, fingerprint)
   return out
 
 
-def _find_image_folder(sub: Path, name: str) -> Path | None:
+def _find_image_folder(sub: Path, name: str) -> tuple[Path, str] | None:
+  """(image folder, fingerprint of its source) or None."""
   if (sub / "train").is_dir() and (sub / "test").is_dir():
-    return sub
+    return sub, folder_fingerprint(sub)
   archives = sorted(sub.glob("*_images.tar.gz")) + sorted(sub.glob("*_images.tgz"))
   if archives:
-    return _extract_once(archives[0], name)
+    # The extraction is keyed by the archive's digest and never modified.
+    return _extract_once(archives[0], name), file_digest(archives[0])[:16]
   return None
 
 
@@ -336,35 +495,41 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
   if name not in KNOWN_DATASETS:
     raise ValueError(f"Unknown dataset '{name}'; allowed: {', '.join(KNOWN_DATASETS)}")
   root = resolve_data_dir(data_dir)
-  key = (name, root)
-  with _LOCK:
-    if key in _CACHE:
-      return _CACHE[key]
   looked: list[str] = []
   out = None
+  key: tuple[str, str | None, str] = (name, root, "")
   if root is not None:
     sub = Path(root) / name
     looked.append(str(sub))
     if sub.is_dir():
-      folder = _find_image_folder(sub, name)
-      if folder is not None:
-        out = load_image_folder(folder)
+      found = _find_image_folder(sub, name)
+      if found is not None:
+        key = (name, root, found[1])
+        with _LOCK:
+          if key in _CACHE:
+            return _CACHE[key]
+        out = load_image_folder(found[0], fingerprint=found[1])
       elif any(p.name in _MANUAL_FILES.get(name, ()) for p in sub.iterdir()):
         missing = [f for f in _MANUAL_FILES[name] if not (sub / f).exists()]
         if missing and not download:
           raise _not_found(name, looked, f"Missing files: {', '.join(missing)}.")
-        # Decoded-array cache for the offline path, keyed by the files' sizes/mtimes.
-        sig = hashlib.sha1(repr([(p.name, p.stat().st_size, int(p.stat().st_mtime))
-                                 for p in sorted(sub.iterdir()) if p.is_file()]
-                                ).encode()).hexdigest()[:12]
-        npz = cache_dir() / "arrays" / f"{name}_{sig}.npz"
-        out = _load_npz(npz)
+        # Both caches are keyed by the files' content: a changed file misses
+        # them and goes through the checks in prepare_builder.
+        key = (name, root, _digests_key(_source_digests(name, sub)))
+        with _LOCK:
+          if key in _CACHE:
+            return _CACHE[key]
+        npz = cache_dir() / "arrays" / f"{name}_{key[2]}.npz"
+        out = _load_npz(npz, key[2])
         if out is None:
           out = _builder_arrays(name, str(sub), download, looked)
-          _save_npz(npz, out)
+          _save_npz(npz, out, key[2])
     if out is None and not download:
       raise _not_found(name, looked)
   if out is None:
+    with _LOCK:
+      if key in _CACHE:
+        return _CACHE[key]
     looked.append(f"tfds data dir {_tfds_data_dir() or '(tfds default)'} / download")
     out = _builder_arrays(name, None, True, looked)
   with _LOCK:
