@@ -21,6 +21,7 @@ setuptools.setup(
         "ml_collections>=0.1.1",
         "orbax-checkpoint>=0.6",
         "matplotlib>=3.7",
+        "tensorboardX>=2.6",  # TensorBoard scalars without importing TensorFlow
         "numpy>=1.26",
         "psutil>=5.9",
         # Building the official tfds builders (mnist, fashion_mnist, cifar10,
