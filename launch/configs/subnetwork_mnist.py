@@ -1,0 +1,50 @@
+r"""Finding one subnetwork: LeNet 300-100 on MNIST (10 classes, one task).
+
+  python -m launch.main --config=launch/configs/subnetwork_mnist.py \
+      --workdir=/tmp/subnetwork_mnist [--config.method=lottery_ticket]
+
+Curves of accuracy vs fraction of weights kept for dense, lottery tickets
+(Frankle & Carbin 2019; rewound to θ0, and without rewinding), Zhou et al.
+2019 supermasks and edge-popup (Ramanujan et al. 2020). Weight training
+follows Frankle & Carbin's LeNet setting (Adam 1.2e-3) for fewer iterations
+(`iterations`; the paper trains 50k iterations of batch 60).
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = "subnetwork_mnist"
+  c.runner = "subnetwork"
+  c.method = "dense,lottery_ticket,zhou_supermask,edge_popup"
+  c.dataset = "mnist"            # mnist | fashion_mnist | cifar10 (all classes, one task)
+  c.data_dir = ""
+  c.download = False
+  c.model = "lenet300100"
+  c.model_options = ml_collections.ConfigDict()
+  c.seed = 0
+  c.kept_fractions = (1.0, 0.5, 0.2, 0.1, 0.05)
+  # Weight training (dense, lottery ticket).
+  c.init = "kaiming_normal"
+  c.optimizer = "adam"
+  c.learning_rate = 1.2e-3
+  c.momentum = 0.9
+  c.weight_decay = 0.0
+  c.batch_size = 128
+  c.iterations = 3000            # per training run (each lottery-ticket round retrains)
+  c.epochs = 0.0                 # used when iterations == 0
+  # Lottery ticket.
+  c.lt_rewind = "init,none"      # comma list of init | iteration | none | reinit
+  c.lt_rewind_iteration = 0      # k for lt_rewind=iteration (late rewinding)
+  c.lt_scope = "layer"           # layer | global
+  c.lt_output_rate_factor = 0.5  # output layer pruned at half the rate
+  c.lt_rounds = 0                # 0: one round per kept fraction; > 0: geometric
+  c.lt_prune_rate = 0.2          # per round when lt_rounds > 0
+  # Supermasks (Zhou, edge-popup): scores trained over fixed weights.
+  c.mask_init = "signed_constant"
+  c.mask_scale_fan = True        # weights / sqrt(k): Kaiming std over the kept fan-in
+  c.mask_optimizer = "adam"
+  c.mask_learning_rate = 1e-2
+  c.zhou_learning_rate = 0.1
+  c.zhou_samples = 5
+  return c

@@ -1,0 +1,112 @@
+"""Tests of the mask family beyond SupSup: pruning, rewinding, Zhou supermasks,
+edge-popup, PackNet, PAC-Net, Meta-ticket."""
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from supsup_jax.subnetwork import methods, pruning
+
+HAVE_DATA = os.path.isdir(os.path.join(os.environ.get("SUPSUP_DATA_DIR", ""), "mnist"))
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="needs offline MNIST")
+
+
+def _tree(seed=0):
+  rng = np.random.default_rng(seed)
+  return {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(30, 20)), jnp.float32)},
+          "Dense_1": {"kernel": jnp.asarray(rng.normal(size=(20, 12)), jnp.float32)},
+          "Dense_2": {"kernel": jnp.asarray(rng.normal(size=(12, 10)), jnp.float32)}}
+
+
+def test_magnitude_prune_exact_counts_per_layer_and_largest_kept():
+  values = _tree()
+  mask = pruning.ones_like(values)
+  rates = pruning.layer_rates(values, 0.6, output_rate_factor=0.5)
+  assert rates[("Dense_2", "kernel")] == pytest.approx(0.3)
+  for _ in range(3):  # iterative: counts compound
+    alive = {k: int(np.sum(np.asarray(mask[k]["kernel"]))) for k in values}
+    mask = pruning.magnitude_prune(values, mask, rates)
+    for k, v in values.items():
+      m = np.asarray(mask[k]["kernel"])
+      want = alive[k] - int(math.floor(rates[(k, "kernel")] * alive[k] + 0.5))
+      assert int(m.sum()) == want, k
+      a = np.abs(np.asarray(v["kernel"]))
+      # every kept weight is at least as large as every pruned one
+      assert a[m > 0].min() >= a[m == 0].max()
+
+
+def test_global_prune_count_and_threshold():
+  values = _tree(1)
+  mask = pruning.magnitude_prune(values, pruning.ones_like(values), 0.75, scope="global")
+  ms = np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(mask)])
+  vs = np.concatenate([np.abs(np.asarray(v)).ravel() for v in jax.tree.leaves(values)])
+  assert int(ms.sum()) == vs.size - int(math.floor(0.75 * vs.size + 0.5))
+  assert vs[ms > 0].min() >= vs[ms == 0].max()
+
+
+def test_rewind_restores_initial_values_of_survivors_exactly():
+  init, trained = _tree(2), _tree(3)
+  mask = pruning.magnitude_prune(trained, pruning.ones_like(trained), 0.8)
+  out = pruning.rewind(init, mask)
+  for k in init:
+    m = np.asarray(mask[k]["kernel"]) > 0
+    np.testing.assert_array_equal(np.asarray(out[k]["kernel"])[m],
+                                  np.asarray(init[k]["kernel"])[m])
+    assert np.all(np.asarray(out[k]["kernel"])[~m] == 0)
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5, float("nan"), "x"])
+def test_bad_prune_rate(rate):
+  with pytest.raises(ValueError, match="prune rate"):
+    pruning.check_rate(rate)
+
+
+def test_zhou_sampled_density_and_straight_through_gradient():
+  scores = jnp.linspace(-3.0, 3.0, 4000).reshape(40, 100)
+  p = jax.nn.sigmoid(scores)
+  dens = [float(jnp.mean(methods.bernoulli_st(scores, jax.random.key(i)))) for i in range(50)]
+  # mean of 50 x 4000 Bernoulli draws: std ~ 0.5 / sqrt(2e5) ~ 1e-3
+  assert abs(np.mean(dens) - float(jnp.mean(p))) < 5e-3
+  # per-entry frequency tracks sigmoid(s)
+  freq = np.mean([np.asarray(methods.bernoulli_st(scores, jax.random.key(100 + i)))
+                  for i in range(200)], 0)
+  assert np.abs(freq - np.asarray(p)).max() < 0.15
+  g = jax.grad(lambda s: jnp.sum(methods.bernoulli_st(s, jax.random.key(0)) * 3.0))(scores)
+  np.testing.assert_allclose(np.asarray(g), 3.0 * np.asarray(p * (1 - p)), rtol=1e-5, atol=1e-7)
+
+
+def _config(**kw):
+  from launch.configs import subnetwork_mnist  # pylint: disable=import-outside-toplevel
+  c = subnetwork_mnist.get_config()
+  for k, v in kw.items():
+    setattr(c, k, v)
+  return c
+
+
+def test_rewind_iteration_beyond_training_is_refused(tmp_path):
+  from supsup_jax.subnetwork import run  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="beyond the training length"):
+    run.run(_config(iterations=100, lt_rewind_iteration=101), str(tmp_path))
+  with pytest.raises(ValueError, match="lt_prune_rate"):
+    run.run(_config(lt_prune_rate=1.0), str(tmp_path))
+
+
+@needs_data
+def test_short_mnist_floors(tmp_path):
+  """200 steps each: a trained LeNet and its rewound 20 % ticket pass 90 %,
+  a 20 % edge-popup supermask over random signed weights passes 80 % (a mask
+  that ignored its scores is a random network, ~10-60 %)."""
+  from supsup_jax.subnetwork import run  # pylint: disable=import-outside-toplevel
+  c = _config(iterations=200, kept_fractions=(1.0, 0.2), method="lottery_ticket,edge_popup",
+              lt_rewind="init")
+  res = run.run(c, str(tmp_path))
+  lt = res["curves"]["lottery_ticket(rewind=init)"]
+  assert lt[0]["accuracy"] > 0.90
+  assert lt[1]["kept_fraction"] == pytest.approx(0.2, abs=0.005)
+  assert lt[1]["accuracy"] > 0.90
+  ep = {round(p["kept_fraction"], 2): p["accuracy"] for p in res["curves"]["edge_popup"]}
+  assert ep[0.2] > 0.80 and ep[1.0] < 0.5
+  assert os.path.exists(tmp_path / "accuracy_vs_kept.png")
