@@ -76,6 +76,16 @@ def store_mask(store: HopfieldStore, mask: jax.Array, rule: str = "storkey") -> 
   return HopfieldStore(store.W + outer / d, store.x_sum + x, store.count + 1)
 
 
+def store_masks(store: HopfieldStore, masks: jax.Array, rule: str = "storkey") -> HopfieldStore:
+  """Adds masks [k, d] in order (a ``fori_loop``; jit it for many masks)."""
+  _check_rule(rule)
+  if masks.ndim != 2 or masks.shape[1] != store.d:
+    raise ValueError(f"masks shape {tuple(masks.shape)} does not fit a store of d={store.d}; "
+                     f"pass masks of shape (k, {store.d})")
+  return jax.lax.fori_loop(0, masks.shape[0],
+                           lambda i, st: store_mask(st, masks[i], rule), store)
+
+
 def energy(W: jax.Array, s: jax.Array) -> jax.Array:
   """E(s) = -1/2 s^T W s for s [d] (any reals; patterns are +-1)."""
   return -0.5 * s @ (W @ s)

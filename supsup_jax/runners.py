@@ -12,6 +12,7 @@ from typing import Callable
 
 RUNNERS: dict[str, str] = {
     "continual": "supsup_jax.experiment:run",
+    "hopsupsup": "supsup_jax.hopsupsup_run:run",
     "subnetwork": "supsup_jax.subnetwork.run:run",
 }
 

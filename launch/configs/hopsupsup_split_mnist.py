@@ -13,7 +13,8 @@ number of synthetic masks for the store's capacity:
   python -m launch.main --config=launch/configs/hopsupsup_split_mnist.py \
       --workdir=runs/hopsupsup_mnist_fashion \
       --config.extra_datasets='("split_fashion_mnist",)' \
-      --config.capacity_sweep='(5,10,20,50,100,200,400)'
+      --config.capacity_sweep='(400,800,1200,1600,2400)' \
+      --config.store_load_sweep='(20,50,100,200,400)'
 """
 from launch.configs import common
 
@@ -48,5 +49,6 @@ def get_config():
   c.recovery_batch_size = 64
   c.recovery_batches = 0                    # 0 = every full test batch of the task
   c.extra_datasets = ()                     # e.g. ("split_fashion_mnist",): more tasks in the store
-  c.capacity_sweep = ()                     # numbers of synthetic masks to store
+  c.capacity_sweep = ()                     # numbers of synthetic masks: energy-only recall
+  c.store_load_sweep = ()                   # extra synthetic masks stored before a full recovery
   return c
