@@ -110,3 +110,74 @@ def test_short_mnist_floors(tmp_path):
   ep = {round(p["kept_fraction"], 2): p["accuracy"] for p in res["curves"]["edge_popup"]}
   assert ep[0.2] > 0.80 and ep[1.0] < 0.5
   assert os.path.exists(tmp_path / "accuracy_vs_kept.png")
+
+
+# ------------------------------------------------------------------ PackNet --
+
+def _packnet_run(steps=100, num_tasks=3):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from launch.configs import common  # pylint: disable=import-outside-toplevel
+  from supsup_jax.data import make_stream  # pylint: disable=import-outside-toplevel
+  from supsup_jax.methods import make_learner  # pylint: disable=import-outside-toplevel
+  c = common.base_config()
+  c.update(ml_collections.ConfigDict({
+      "method": "packnet", "num_tasks": num_tasks, "iterations_per_task": steps,
+      "optimizer": "adam", "learning_rate": 1e-3, "batch_size": 64}))
+  stream = make_stream("split_mnist", num_tasks=num_tasks, seed=0)
+  learner = make_learner("packnet", c, stream)
+  fn, arrays = stream.train_batch_fn_args(64)
+
+  @jax.jit
+  def train(memory, ts, task_id):
+    def body(ts, i):
+      x, y = fn(arrays, task_id, i)
+      return learner.train_step(memory, ts, x, y)
+    return jax.lax.scan(body, ts, jnp.arange(steps))
+
+  logits = jax.jit(learner.logits)
+  tests = [stream.test_arrays(t) for t in range(num_tasks)]
+
+  def acc(memory, t):
+    x, y = tests[t]
+    return float(jnp.mean(jnp.argmax(logits(memory, t, x)[:, :2], -1) == y))
+
+  memory = learner.init_memory()
+  history = []
+  for t in range(num_tasks):
+    ts = learner.init_task(memory, t, jax.random.key(t))
+    ts, _ = train(memory, ts, t)
+    memory = jax.jit(learner.end_task)(memory, ts, t)
+    history.append((jax.tree.map(np.asarray, memory), [acc(memory, j) for j in range(t + 1)]))
+  return learner, memory, history
+
+
+@needs_data
+def test_packnet_frozen_weights_bit_identical_and_no_forgetting():
+  learner, memory, history = _packnet_run()
+  assert learner.trains_weights
+  final_w = jax.tree.map(np.asarray, memory["weights"])
+  final_o = jax.tree.map(np.asarray, memory["owner"])
+  for t, (mem_t, accs_t) in enumerate(history):
+    for path in [("Dense_0", "kernel"), ("Dense_1", "kernel"), ("Dense_2", "kernel")]:
+      o_t = mem_t["owner"][path[0]][path[1]]
+      owned = (o_t >= 1) & (o_t <= t + 1)
+      assert owned.sum() > 0
+      # frozen weights and their owners never change afterwards, bit for bit
+      np.testing.assert_array_equal(final_w[path[0]][path[1]][owned],
+                                    mem_t["weights"][path[0]][path[1]][owned])
+      np.testing.assert_array_equal(final_o[path[0]][path[1]][owned], o_t[owned])
+    # accuracy of every task is exactly what it was just after training it
+    assert history[-1][1][t] == accs_t[t]
+    assert accs_t[t] > 0.95  # SplitMNIST pairs after 100 steps
+  # even split: task 0 kept 1/3 of the weights, task 1 half the rest, task 2 the rest
+  s = learner.summary(memory, 3)
+  n = sum(s["weights_owned_per_task"])
+  assert s["weights_owned_per_task"][0] == pytest.approx(n / 3, rel=0.01)
+  assert s["fraction_free"] == 0.0
+
+
+def test_packnet_bad_prune_fraction():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from supsup_jax.methods import packnet  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="packnet_prune_fraction"):
+    packnet._check(ml_collections.ConfigDict({"packnet_prune_fraction": 1.0}), 3)

@@ -13,6 +13,7 @@ from typing import Any
 METHODS: dict[str, str] = {
     "supsup": "supsup_jax.methods.supsup:from_config",
     "hopsupsup": "supsup_jax.methods.hopsupsup:from_config",
+    "packnet": "supsup_jax.methods.packnet:from_config",
 }
 
 
