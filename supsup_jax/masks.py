@@ -31,8 +31,39 @@ def _straight_through(scores: jax.Array, mask: jax.Array) -> jax.Array:
   return (scores - jax.lax.stop_gradient(scores)) + jax.lax.stop_gradient(mask)
 
 
+def _check_array(x: Any, what: str) -> None:
+  """Scores must be a non-empty floating array (checked on the shape only)."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None or not hasattr(x, "shape"):
+    raise ValueError(f"{what} must be a float array, got {type(x).__name__}")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{what} must be a float array, got dtype {dtype}")
+  if math.prod(x.shape) == 0:
+    raise ValueError(f"{what} is empty (shape {tuple(x.shape)})")
+
+
+def _check_fraction_tree(k: Mapping, scores: Mapping) -> dict:
+  """``k`` must give one fraction in (0, 1] per leaf of ``scores``, no more."""
+  ks = tree_lib.flatten(k, "k")
+  ss = tree_lib.flatten(scores, "scores")
+  missing = sorted(set(ss) - set(ks))
+  extra = sorted(set(ks) - set(ss))
+  if missing or extra:
+    raise ValueError(
+        "the k tree must hold one fraction per scores leaf: "
+        + (f"missing {[tree_lib.path_str(p) for p in missing]}" if missing else "")
+        + ("; " if missing and extra else "")
+        + (f"no scores at {[tree_lib.path_str(p) for p in extra]}" if extra else "")
+        + "; build it with masks.er_fractions(scores, sparsity) or pass one float")
+  for p, v in ks.items():
+    check_fraction(v, f"k[{tree_lib.path_str(p)!r}]")
+  return tree_lib.unflatten({p: float(v) for p, v in ks.items()})
+
+
 def check_fraction(k: Any, name: str = "k") -> float:
   """Validates a keep fraction in (0, 1] before any tracing."""
+  if isinstance(k, (bool, str)) or getattr(k, "shape", ()) != ():
+    raise ValueError(f"{name} must be a number in (0, 1], got {k!r}")
   try:
     value = float(k)
   except (TypeError, ValueError):
@@ -44,6 +75,8 @@ def check_fraction(k: Any, name: str = "k") -> float:
 
 def num_kept(k: float, size: int) -> int:
   """round(k * size) with halves rounded up, and at least one entry."""
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ValueError(f"size must be an int >= 1, got {size!r}")
   return max(1, int(math.floor(check_fraction(k) * size + 0.5)))
 
 
@@ -86,7 +119,8 @@ def topk_mask(scores: jax.Array, k: float) -> jax.Array:
   Returns:
     float32 0/1 mask with ``scores.shape``.
   """
-  n_keep = num_kept(k, scores.size)
+  _check_array(scores, "scores")
+  n_keep = num_kept(k, int(scores.size))
   magnitude = jnp.abs(scores)
   flat = jax.lax.stop_gradient(magnitude).reshape(-1)
   if n_keep == flat.size:
@@ -98,6 +132,7 @@ def topk_mask(scores: jax.Array, k: float) -> jax.Array:
 
 def threshold_mask(scores: jax.Array) -> jax.Array:
   """mask = 1[scores >= 0], straight-through (Piggyback style, no sort)."""
+  _check_array(scores, "scores")
   mask = (jax.lax.stop_gradient(scores) >= 0).astype(scores.dtype)
   return _straight_through(scores, mask)
 
@@ -107,8 +142,12 @@ def er_fraction(shape: tuple[int, ...], sparsity: float) -> float:
 
   min(0.5, s * (c_in + c_out) / (c_in * c_out * kh * kw)); larger s = denser.
   """
-  if not sparsity > 0:
-    raise ValueError(f"ER sparsity must be > 0, got {sparsity!r}")
+  if (isinstance(sparsity, (bool, str)) or not isinstance(sparsity, (int, float, np.number))
+      or not 0 < sparsity < math.inf):
+    raise ValueError(f"ER sparsity must be a finite number > 0, got {sparsity!r}")
+  if len(shape) < 2 or min(shape) < 1:
+    raise ValueError(f"ER budget needs a kernel shape (..., c_in, c_out) of positive "
+                     f"sizes, got {tuple(shape)}")
   c_in, c_out = shape[-2], shape[-1]
   spatial = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
   return min(0.5, sparsity * (c_in + c_out) / (c_in * c_out * spatial))
@@ -116,6 +155,7 @@ def er_fraction(shape: tuple[int, ...], sparsity: float) -> float:
 
 def er_fractions(scores: Mapping, sparsity: float) -> dict:
   """Per-layer keep fractions (a tree of Python floats like ``scores``)."""
+  tree_lib.check_tree(scores, "scores")
   return jax.tree.map(lambda s: er_fraction(tuple(np.shape(s)), sparsity),
                       dict(scores))
 
@@ -129,8 +169,18 @@ def init_scores(weights: Mapping, key: jax.Array, *,
   folded from ``key`` and its position, so scores for different tasks come
   from ``fold_in(key, task_id)``.
   """
+  tree_lib.check_tree(weights, "weights")
+  if not (isinstance(key, jax.Array) and (
+      jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
+      or key.dtype == jnp.uint32 and key.shape == (2,))):
+    raise ValueError(f"key must be one PRNG key (jax.random.key(seed)), got {key!r}")
   sub = tree_lib.maskable_subtree(weights, is_maskable)
   leaves, treedef = jax.tree.flatten(sub)
+  if not leaves:
+    raise ValueError(
+        "weights have no maskable leaf (2-D+ arrays named 'kernel'; leaves: "
+        f"{[tree_lib.path_str(p) for p in sorted(tree_lib.flatten(weights))][:8]}); "
+        "pass the model's params tree or an is_maskable predicate")
   keys = jax.random.split(key, len(leaves))
   out = []
   for leaf_key, w in zip(keys, leaves):
@@ -155,13 +205,14 @@ def masks_from_scores(scores: Mapping, kind: str = "topk",
       per-layer fractions (e.g. :func:`er_fractions`).
   """
   _check_kind(kind)
+  flat = tree_lib.flatten(scores, "scores")
+  for p, s in flat.items():
+    _check_array(s, f"scores leaf {tree_lib.path_str(p)}")
   scores = dict(scores)
   if kind == "threshold":
     return jax.tree.map(threshold_mask, scores)
   if isinstance(k, Mapping):
-    fractions = dict(k)
-    jax.tree.map(check_fraction, fractions)
-    return jax.tree.map(topk_mask, scores, fractions)
+    return jax.tree.map(topk_mask, scores, _check_fraction_tree(k, scores))
   check_fraction(k)
   return jax.tree.map(lambda s: topk_mask(s, k), scores)
 
@@ -172,14 +223,17 @@ def apply_masks(weights: Mapping, masks: Mapping) -> dict:
   ``masks`` covers a subset of the leaves of ``weights`` (by path); other
   leaves pass through unchanged. Works on any Flax params tree.
   """
-  flat_w = tree_lib.flatten(weights)
-  flat_m = tree_lib.flatten(masks)
+  flat_w = tree_lib.flatten(weights, "weights")
+  flat_m = tree_lib.flatten(masks, "masks")
   unknown = sorted(set(flat_m) - set(flat_w))
   if unknown:
+    hint = ("; pass variables['params'], not the whole variables dict"
+            if "params" in weights else "; masks come from init_scores(weights, ...)")
+    names = [tree_lib.path_str(p) for p in sorted(flat_w)]
     raise ValueError(
         "mask tree does not match the weight tree: no weight at "
-        f"{[tree_lib.path_str(p) for p in unknown]}; weight leaves are "
-        f"{[tree_lib.path_str(p) for p in sorted(flat_w)]}")
+        f"{[tree_lib.path_str(p) for p in unknown][:4]}; weight leaves are "
+        f"{names[:6] + (['...'] if len(names) > 6 else [])}{hint}")
   out = {}
   for path, w in flat_w.items():
     if path in flat_m:
@@ -192,8 +246,3 @@ def apply_masks(weights: Mapping, masks: Mapping) -> dict:
     else:
       out[path] = w
   return tree_lib.unflatten(out)
-
-
-def density(masks: Mapping) -> dict:
-  """Fraction of ones per layer (tree of scalars)."""
-  return jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32)), dict(masks))

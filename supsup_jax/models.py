@@ -23,6 +23,18 @@ import jax.numpy as jnp
 ConvFn = Callable[..., jax.Array]
 
 
+def _check_width(name: str, v: Any) -> None:
+  if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+    raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+
+
+def _check_widths(name: str, v: Any) -> None:
+  if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+    raise ValueError(f"{name} must be a sequence of ints >= 1, got {v!r}")
+  for w in v:
+    _check_width(f"{name} entry", w)
+
+
 def _bn(train: bool, name: str | None = None) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, use_scale=False,
                       use_bias=False, momentum=0.9, epsilon=1e-5, name=name)
@@ -32,6 +44,11 @@ class MLP(nn.Module):
   """Bias-free ReLU MLP on flattened inputs (LeNet 300-100, FC 1024-1024)."""
   hidden: Sequence[int] = (300, 100)
   num_outputs: int = 10
+
+  def __post_init__(self):
+    _check_widths("hidden", self.hidden)
+    _check_width("num_outputs", self.num_outputs)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -54,6 +71,11 @@ class BNSwishMLP(nn.Module):
   """784-2048-2048-out MLP with non-affine batch norm and Swish (HopSupSup)."""
   hidden: Sequence[int] = (2048, 2048)
   num_outputs: int = 10
+
+  def __post_init__(self):
+    _check_widths("hidden", self.hidden)
+    _check_width("num_outputs", self.num_outputs)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -91,6 +113,11 @@ class SmallConvNet(nn.Module):
   num_outputs: int = 10
   batch_norm: bool = False
   conv_general_dilated: ConvFn | None = None
+
+  def __post_init__(self):
+    _check_width("channels", self.channels)
+    _check_width("num_outputs", self.num_outputs)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -161,6 +188,16 @@ class ResNet(nn.Module):
   stem: str = "imagenet"
   conv_general_dilated: ConvFn | None = None
 
+  def __post_init__(self):
+    _check_widths("stage_sizes", self.stage_sizes)
+    _check_width("width", self.width)
+    _check_width("num_outputs", self.num_outputs)
+    if self.block not in ("basic", "bottleneck"):
+      raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+    if self.stem not in ("cifar", "imagenet"):
+      raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False,
@@ -209,5 +246,9 @@ def make_model(name: str, num_outputs: int, **kwargs: Any) -> nn.Module:
   """Builds a model by name (see ``MODELS``)."""
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
-  return MODELS[name](num_outputs=num_outputs, **kwargs)
+  _check_width("num_outputs", num_outputs)
+  try:
+    return MODELS[name](num_outputs=num_outputs, **kwargs)
+  except TypeError as e:  # an unknown keyword argument
+    raise ValueError(f"model {name!r} does not take {sorted(kwargs)}: {e}") from None
 

@@ -29,7 +29,16 @@ def unbox(params: Params) -> Params:
   return meta.unbox(params)
 
 
-def flatten(tree: Params) -> dict[Path, Any]:
+def check_tree(tree: Any, what: str = "tree") -> None:
+  """One-line ValueError unless ``tree`` is a params-like nested mapping."""
+  if not isinstance(tree, Mapping):
+    raise ValueError(f"{what} must be a params tree (nested dict of arrays, e.g. "
+                     f"variables['params']), got {type(tree).__name__}")
+
+
+def flatten(tree: Params, what: str = "tree") -> dict[Path, Any]:
+  """{path tuple: leaf} of a nested mapping (ValueError if it is not one)."""
+  check_tree(tree, what)
   return traverse_util.flatten_dict(unbox(dict(tree)))
 
 
@@ -54,15 +63,11 @@ def path_str(path: Path) -> str:
   return "/".join(str(k) for k in path)
 
 
-def tree_paths(tree: Params) -> list[Path]:
-  return sorted(flatten(tree))
-
-
 def check_same_paths(reference: Params, other: Params, what: str) -> None:
   """Raises ValueError unless ``other`` covers exactly the leaves of ``reference``
   with the same shapes. Runs on shapes only (no tracing)."""
   ref = flatten(reference)
-  got = flatten(other)
+  got = flatten(other, what)
   missing = sorted(set(ref) - set(got))
   extra = sorted(set(got) - set(ref))
   if missing or extra:

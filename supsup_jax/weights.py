@@ -24,9 +24,64 @@ INITS = ("signed_constant", "unsigned_constant", "kaiming_normal",
          "kaiming_uniform")
 
 
+MAX_SEED = 2**63 - 1  # the largest seed jax.random.key accepts
+
+
 def fan_in(shape: tuple[int, ...]) -> int:
   """Fan-in of a Flax kernel: all axes but the last (output) one."""
+  if len(shape) < 2 or min(shape) < 1:
+    raise ValueError(f"a kernel shape needs >= 2 axes of positive size, got {tuple(shape)}")
   return int(np.prod(shape[:-1]))
+
+
+def check_seed(seed: Any) -> int:
+  """``seed`` as a Python int in 0..MAX_SEED (Python, NumPy or JAX integer scalar)."""
+  if isinstance(seed, (jax.Array, np.ndarray, np.generic)) and np.shape(seed) == () \
+      and np.issubdtype(np.asarray(seed).dtype, np.integer):
+    seed = int(seed)
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+  if not 0 <= seed <= MAX_SEED:
+    raise ValueError(f"seed {seed} out of range; allowed: 0..{MAX_SEED}")
+  return seed
+
+
+def _check_gain(gain: Any) -> float:
+  if isinstance(gain, (bool, str)) or not isinstance(gain, (int, float, np.number)) \
+      or not 0 < gain < np.inf:
+    raise ValueError(f"gain must be a finite number > 0, got {gain!r}")
+  return float(gain)
+
+
+def _example_shape(example_input: Any) -> tuple[int, ...]:
+  """Shape of an example batch; plain tuples are refused (np.shape would read
+  a shape tuple as a 1-D input)."""
+  if not hasattr(example_input, "shape") or isinstance(example_input, (tuple, list)):
+    raise ValueError(
+        "example_input must be an array or jax.ShapeDtypeStruct with a batch axis, got "
+        f"{type(example_input).__name__} {example_input!r:.60}; e.g. jnp.zeros((1, 28, 28, 1))")
+  shape = tuple(int(d) for d in example_input.shape)
+  if len(shape) < 2 or min(shape) < 1:
+    raise ValueError(f"example_input needs a batch axis and positive sizes, got shape {shape}; "
+                     "e.g. jnp.zeros((1, 28, 28, 1))")
+  return shape
+
+
+def _check_model(model: Any) -> None:
+  if not isinstance(model, nn.Module):
+    raise ValueError(f"model must be a Flax Linen module (e.g. models.LeNet300100()), "
+                     f"got {type(model).__name__}")
+
+
+def _model_shapes(model, seed, shape, apply_kwargs):
+  try:
+    return jax.eval_shape(
+        lambda x: model.init(jax.random.key(seed), x, **apply_kwargs),
+        jax.ShapeDtypeStruct(shape, np.float32))
+  except (TypeError, ValueError) as e:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise ValueError(f"{type(model).__name__} cannot take example_input of shape {shape}"
+                     f"{' with ' + str(apply_kwargs) if apply_kwargs else ''}: {first}") from None
 
 
 def _check_init(init: str) -> None:
@@ -76,6 +131,7 @@ def random_kernel(seed: int, path: tree_lib.Path, shape: tuple[int, ...],
   ``bits`` (uint32 [n, *shape]) may be passed in when drawn in bulk.
   """
   _check_init(init)
+  seed, gain = check_seed(seed), _check_gain(gain)
   std = gain / np.sqrt(fan_in(shape))
   if init == "unsigned_constant":
     return np.full(shape, std, np.float32)
@@ -118,18 +174,19 @@ def init_weights(model: nn.Module, seed: int, example_input: Any, *,
     The ``params`` collection as a nested dict of float32 arrays.
   """
   _check_init(init)
-  if not isinstance(seed, (int, np.integer)):
-    raise ValueError(f"seed must be an int, got {seed!r}")
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.key(seed), x, **apply_kwargs),
-      jax.ShapeDtypeStruct(np.shape(example_input), np.float32))
+  _check_model(model)
+  seed, gain = check_seed(seed), _check_gain(gain)
+  shape = _example_shape(example_input)
+  shapes = _model_shapes(model, seed, shape, apply_kwargs)
+  if "params" not in shapes:
+    raise ValueError(f"{type(model).__name__} has no parameters to mask")
   params_shape = tree_lib.unbox(shapes["params"])
   flat_shapes = tree_lib.flatten(params_shape)
   maskable = set(tree_lib.maskable_paths(params_shape, is_maskable))
   if len(maskable) < len(flat_shapes):
     # The non-maskable leaves use the model's initialisers.
     variables = jax.jit(functools.partial(model.init, **apply_kwargs))(
-        jax.random.key(seed), np.zeros(np.shape(example_input), np.float32))
+        jax.random.key(seed), np.zeros(shape, np.float32))
     others = tree_lib.flatten(variables["params"])
   else:
     others = {}
@@ -148,9 +205,9 @@ def init_weights(model: nn.Module, seed: int, example_input: Any, *,
 
 def init_model_state(model: nn.Module, example_input: Any, **apply_kwargs) -> dict:
   """The non-param collections (e.g. ``batch_stats``) at their initial value."""
-  variables = jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, **apply_kwargs),
-      jax.ShapeDtypeStruct(np.shape(example_input), np.float32))
+  _check_model(model)
+  shape = _example_shape(example_input)
+  variables = _model_shapes(model, 0, shape, apply_kwargs)
   state = {k: v for k, v in variables.items() if k != "params"}
   if not state:
     return {}
@@ -163,5 +220,5 @@ def init_model_state(model: nn.Module, example_input: Any, **apply_kwargs) -> di
     return {"batch_stats": jax.tree_util.tree_map_with_path(
         fill, meta.unbox(state["batch_stats"]))}
   real = jax.jit(functools.partial(model.init, **apply_kwargs))(
-      jax.random.key(0), np.zeros(np.shape(example_input), np.float32))
+      jax.random.key(0), np.zeros(shape, np.float32))
   return {k: v for k, v in real.items() if k != "params"}

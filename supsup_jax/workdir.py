@@ -49,7 +49,9 @@ def _read(fd: int) -> dict | None:
     return None
 
 
-def _check_workdir(workdir: Path) -> None:
+def check_workdir(workdir: str | os.PathLike) -> None:
+  """One-line errors for a workdir that is a file or cannot be written; creates it."""
+  workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise NotADirectoryError(f"workdir {str(workdir)!r} is a file; pass a directory")
   try:
@@ -68,7 +70,7 @@ def acquire(path: str | os.PathLike) -> Path:
     NotADirectoryError, PermissionError: ``path`` is a file or not writable.
   """
   workdir = Path(path).absolute()
-  _check_workdir(workdir)
+  check_workdir(workdir)
   lock_path = workdir / LOCK_NAME
   if str(lock_path) in _HELD:
     raise WorkdirLockedError(f"workdir {str(workdir)!r} is already locked by this process "

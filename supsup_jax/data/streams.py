@@ -27,12 +27,35 @@ Array = jax.Array
 STREAMS = ("permuted_mnist", "rotated_mnist", "split_mnist", "split_fashion_mnist",
            "split_cifar10", "split_cifar100", "split_imagenet")
 
+MAX_SEED = 2**63 - 1  # what jax.random.key accepts
 _AUG_SALT = 0x5EED_A06  # folded into the task key for augmentation randomness
 
 
-def _check_int(name, v):
-  if isinstance(v, (bool, np.bool_)):
-    raise ValueError(f"{name} must be an int, got {v!r}")
+def as_int(name: str, v, lo: int | None = None, hi: int | None = None, where: str = ""):
+  """``v`` as a Python int: Python, NumPy or concrete JAX integer scalars.
+
+  Floats, bools, arrays with more than one element and values outside
+  ``lo..hi`` (inclusive) raise a one-line ValueError. A traced JAX value (inside
+  ``jit``/``vmap``) cannot be checked and is returned unchanged.
+  """
+  if isinstance(v, jax.core.Tracer):
+    return v
+  if isinstance(v, (jax.Array, np.ndarray, np.generic)):
+    if np.shape(v) != () or not np.issubdtype(np.asarray(v).dtype, np.integer):
+      raise ValueError(f"{name} must be an integer scalar{where}, got "
+                       f"{np.asarray(v).dtype} array of shape {np.shape(v)}: {v!r}")
+    v = int(v)
+  elif isinstance(v, bool) or not isinstance(v, int):
+    raise ValueError(f"{name} must be an integer{where}, got {v!r} ({type(v).__name__})")
+  if (lo is not None and v < lo) or (hi is not None and v > hi):
+    allowed = (f"{lo}..{hi}" if lo is not None and hi is not None else
+               f">= {lo}" if lo is not None else f"<= {hi}")
+    raise ValueError(f"{name} {v} out of range{where}; allowed: {allowed}")
+  return v
+
+
+def check_batch_size(batch_size) -> int:
+  return as_int("batch_size", batch_size, lo=1)
 
 
 class TaskStream(abc.ABC):
@@ -45,10 +68,8 @@ class TaskStream(abc.ABC):
   seed: int
 
   def _check_task(self, task_id):
-    if isinstance(task_id, (int, np.integer)) and not isinstance(task_id, bool):
-      if not 0 <= int(task_id) < self.num_tasks:
-        raise ValueError(f"task_id {int(task_id)} out of range for stream '{self.name}'; "
-                         f"allowed: 0..{self.num_tasks - 1}")
+    """task_id as an int (checked), or unchanged when traced."""
+    return as_int("task_id", task_id, 0, self.num_tasks - 1, f" for stream '{self.name}'")
 
   @abc.abstractmethod
   def train_size(self, task_id: int) -> int: ...
@@ -64,7 +85,7 @@ class TaskStream(abc.ABC):
     return jnp.concatenate(xs), jnp.concatenate(ys)
 
   def steps_per_epoch(self, task_id: int, batch_size: int) -> int:
-    return max(1, self.train_size(task_id) // batch_size)
+    return max(1, self.train_size(task_id) // check_batch_size(batch_size))
 
   def __repr__(self):
     return (f"{type(self).__name__}(name={self.name!r}, num_tasks={self.num_tasks}, "
@@ -123,15 +144,14 @@ class InMemoryStream(TaskStream):
     return x_float
 
   def train_size(self, task_id: int) -> int:
-    self._check_task(task_id)
-    return int(self._n_train[int(task_id)])
+    return int(self._n_train[self._check_task(task_id)])
 
   def _finish(self, task_id, x_uint8, y, aug_key=None, label_map=None):
     x = x_uint8.astype(jnp.float32)
     x = self._transform(task_id, x)
     if aug_key is not None:
       x = T.random_crop_flip(aug_key, x)
-    x = (x * (1.0 / 255.0) - jnp.asarray(self._mean, jnp.float32)) / jnp.asarray(self._std, jnp.float32)
+    x = T.normalize(x, self._mean, self._std)
     if label_map is None:
       label_map = self._label_map
     if label_map is not None:
@@ -155,7 +175,7 @@ class InMemoryStream(TaskStream):
     out of the compiled program (closing over 50-150 MB of constants costs seconds
     of compile time and a second copy of the data).
     """
-    B = int(batch_size)
+    B = check_batch_size(batch_size)
     seed = self.seed
     augment = self.augment
 
@@ -195,9 +215,9 @@ class InMemoryStream(TaskStream):
     return {}
 
   def train_batch(self, task_id, step, batch_size: int):
-    self._check_task(task_id)
-    if isinstance(step, (int, np.integer)) and step < 0:
-      raise ValueError(f"step must be >= 0, got {step}")
+    task_id = self._check_task(task_id)
+    step = as_int("step", step, lo=0)
+    batch_size = check_batch_size(batch_size)
     f = self._jitted_fns.get(batch_size)
     if f is None:
       fn, _ = self.train_batch_fn_args(batch_size)
@@ -209,7 +229,12 @@ class InMemoryStream(TaskStream):
     return jax.jit(lambda t, x, y, lm: self._finish(t, x, y, None, lm))
 
   def test_batches(self, task_id: int, batch_size: int):
-    self._check_task(task_id)
+    # Checked now, not at the first next(): a generator would defer the error.
+    task_id = self._check_task(task_id)
+    batch_size = check_batch_size(batch_size)
+    return self._test_batches(task_id, batch_size)
+
+  def _test_batches(self, task_id: int, batch_size: int):
     idx = self._test_idx[int(task_id)]
     for s in range(0, len(idx), batch_size):
       j = idx[s:s + batch_size]
@@ -217,14 +242,13 @@ class InMemoryStream(TaskStream):
                              jnp.asarray(self._y_test_np[j]), self._label_map)
 
   def test_arrays(self, task_id):
-    self._check_task(task_id)
-    idx = self._test_idx[int(task_id)]
+    task_id = self._check_task(task_id)
+    idx = self._test_idx[task_id]
     return self._jit_finish(int(task_id), jnp.asarray(self._x_test_np[idx]),
                             jnp.asarray(self._y_test_np[idx]), self._label_map)
 
   def test_size(self, task_id: int) -> int:
-    self._check_task(task_id)
-    return int(len(self._test_idx[int(task_id)]))
+    return int(len(self._test_idx[self._check_task(task_id)]))
 
 
 class PermutedStream(InMemoryStream):
@@ -235,6 +259,8 @@ class PermutedStream(InMemoryStream):
   _PERM_SALT = 0x9E12
 
   def pixel_permutation(self, task_id):
+    """int32 [H*W*C] permutation of task ``task_id`` (may be traced, then unchecked)."""
+    task_id = self._check_task(task_id)
     d = int(np.prod(self.input_shape))
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), self._PERM_SALT),
                              jnp.asarray(task_id, jnp.int32))
@@ -255,6 +281,7 @@ class RotatedStream(InMemoryStream):
     self.rotation_step_deg = float(rotation_step_deg)
 
   def angle(self, task_id):
+    task_id = self._check_task(task_id)
     return jnp.asarray(task_id, jnp.float32) * self.rotation_step_deg
 
   def _transform(self, task_id, x):
@@ -304,8 +331,7 @@ class TFDSTaskStream(TaskStream):
     return self._sizes[split]
 
   def train_size(self, task_id):
-    self._check_task(task_id)
-    return int(self._class_counts("train")[self.task_classes[int(task_id)]].sum())
+    return int(self._class_counts("train")[self.task_classes[self._check_task(task_id)]].sum())
 
   def _dataset(self, task_id, split, train, epoch=0):
     tf = sources.import_tf()
@@ -355,14 +381,14 @@ class TFDSTaskStream(TaskStream):
     return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
   def _to_jax(self, x, y):
-    x = (np.asarray(x, np.float32) / 255.0 - self._mean) / self._std
-    return jnp.asarray(x), jnp.asarray(np.asarray(y, np.int32))
+    return T.normalize(x, self._mean, self._std), jnp.asarray(np.asarray(y, np.int32))
 
   def train_batch(self, task_id, step, batch_size: int):
-    self._check_task(task_id)
-    task_id, step, B = int(task_id), int(step), int(batch_size)
-    if step < 0:
-      raise ValueError(f"step must be >= 0, got {step}")
+    task_id = self._check_task(task_id)
+    if isinstance(task_id, jax.core.Tracer):
+      raise ValueError(f"stream '{self.name}' is a tf.data pipeline: task_id must be "
+                       "concrete (not traced under jit/vmap)")
+    step, B = as_int("step", step, lo=0), check_batch_size(batch_size)
     spe = self.steps_per_epoch(task_id, B)
     epoch, pos = divmod(step, spe)
     st = self._iters.get((task_id, B))
@@ -379,7 +405,11 @@ class TFDSTaskStream(TaskStream):
     return self._to_jax(x, y)
 
   def test_batches(self, task_id: int, batch_size: int):
-    self._check_task(task_id)
+    task_id = self._check_task(task_id)
+    batch_size = check_batch_size(batch_size)
+    return self._test_batches(task_id, batch_size)
+
+  def _test_batches(self, task_id: int, batch_size: int):
     tfds = sources.import_tfds()
     split = "validation" if "validation" in self._builder.info.splits else "test"
     ds = self._dataset(int(task_id), split, False).batch(batch_size)
@@ -398,11 +428,37 @@ def _chunks(order, size, num_tasks):
 def _check_num_tasks(name, num_tasks, default, maximum=None):
   if num_tasks is None:
     return default
+  if isinstance(num_tasks, (jax.Array, np.ndarray)) and np.shape(num_tasks) == () and \
+      np.issubdtype(np.asarray(num_tasks).dtype, np.integer):
+    num_tasks = int(num_tasks)
   if not isinstance(num_tasks, (int, np.integer)) or isinstance(num_tasks, bool) or num_tasks < 1 \
       or (maximum is not None and num_tasks > maximum):
     allowed = f"1..{maximum}" if maximum is not None else ">= 1"
     raise ValueError(f"num_tasks={num_tasks!r} invalid for stream '{name}'; allowed: {allowed}")
   return int(num_tasks)
+
+
+def _check_options(opts: dict) -> None:
+  """One-line errors for bad option values, before any data is loaded."""
+  if "rotation_step_deg" in opts:
+    v = opts["rotation_step_deg"]
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v):
+      raise ValueError(f"rotation_step_deg must be a finite number of degrees, got {v!r}")
+  for name, lo in (("image_size", 1), ("shuffle_buffer", 1)):
+    if name in opts:
+      opts[name] = as_int(name, opts[name], lo=lo)
+  if opts.get("class_order_seed") is not None:
+    opts["class_order_seed"] = as_int("class_order_seed", opts["class_order_seed"], 0, MAX_SEED)
+  for name in ("mean", "std"):
+    if name in opts:
+      try:
+        v = np.asarray(opts[name], np.float64)
+      except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a tuple of numbers, got "
+                         f"{opts[name]!r}") from None
+      if v.ndim > 1 or not np.isfinite(v).all() or (name == "std" and (v <= 0).any()):
+        raise ValueError(f"{name} must be finite{' and > 0' if name == 'std' else ''} "
+                         f"(one value or one per channel), got {opts[name]!r}")
 
 
 def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
@@ -425,7 +481,7 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
   """
   if name not in STREAMS:
     raise ValueError(f"Unknown stream '{name}'; allowed: {', '.join(STREAMS)}")
-  _check_int("seed", seed)
+  seed = as_int("seed", seed, 0, MAX_SEED)
   opts = dict(options)
   allowed_opts = {"rotation_step_deg", "shared_labels", "augment", "class_order",
                   "class_order_seed", "image_size", "shuffle_buffer", "mean", "std"}
@@ -435,6 +491,7 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
                      f"{', '.join(sorted(allowed_opts))}")
   shared = bool(opts.get("shared_labels", False))
   augment = bool(opts.get("augment", False))
+  _check_options(opts)
 
   if name in ("permuted_mnist", "rotated_mnist"):
     data = sources.load_dataset("mnist", data_dir, download)

@@ -1,8 +1,6 @@
 """Jittable pieces: index shuffling, rotation, augmentation, normalisation."""
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -50,11 +48,11 @@ def shuffled_index(key, positions, n, rounds: int = SHUFFLE_ROUNDS):
   return jax.lax.fori_loop(0, rounds, body, x)
 
 
-def normalize(x_uint8, mean, std):
-  x = x_uint8.astype(jnp.float32) * (1.0 / 255.0)
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  return (x - mean) / std
+def normalize(x, mean, std):
+  """``(x / 255 - mean) / std`` as float32; ``x`` in pixel units (uint8 or float),
+  ``mean``/``std`` scalars or one value per channel (the last axis)."""
+  x = jnp.asarray(x).astype(jnp.float32) * (1.0 / 255.0)
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def rotate(images, angle_deg):
@@ -103,7 +101,3 @@ def random_crop_flip(key, images, pad: int = 4):
     return jnp.where(f, out[:, ::-1, :], out)
 
   return jax.vmap(crop)(padded, oy, ox, flip)
-
-
-def deg_is_multiple_of_90(a: float) -> bool:
-  return math.isclose(a % 90.0, 0.0) or math.isclose(a % 90.0, 90.0)
