@@ -1,0 +1,219 @@
+"""BatchEnsemble as a continual learner (BatchE, and ABatchE with task inference).
+
+BatchEnsemble (Wen, Tran & Ba 2020, "BatchEnsemble: an alternative approach
+to efficient ensemble and lifelong learning", arXiv 2002.06715): a shared
+weight W and, per member (here: per task) t and per layer, rank-one vectors
+r_t (input side) and s_t (output side):
+
+    out = (W (x ⊙ r_t)) ⊙ s_t,
+
+i.e. the layer uses the effective kernel W ⊙ (r_t s_tᵀ) (Flax kernels are
+``[..., in, out]``, so the factor of entry ``[..., i, o]`` is ``r[i] s[o]``;
+for a conv, the same per input and output channel). This module applies it to
+any Flax model through :func:`supsup_jax.masks.apply_masks` with real-valued
+"masks" r sᵀ.
+
+As in SupSup's comparison (Wortsman, Ramanujan et al. 2020, arXiv
+2006.14769) and the authors' code: W trains with task 1's factors on the
+first task (``batche``), or stays random and is never trained
+(``batche_randw``); afterwards each task trains only its own r_t, s_t, which
+start at random ±1; per-task batch-norm statistics; Adam
+(``adapt_optimizer``), task 1 at ``weight_learning_rate`` and later factors at
+``adapt_learning_rate`` (1e-2 in the authors' MNIST scripts).
+
+``abatche`` also infers the task at test time (GN scenarios), chosen by
+``config.abatche_inference``:
+  * "entropy": run every learned member and take the one whose outputs have
+    the lowest mean entropy (the paper's ABatchE);
+  * "oneshot": superpose the members, W ⊙ Σ_t α_t r_t s_tᵀ with α uniform
+    over the learned tasks, and take the task whose α-gradient of the
+    output entropy is most negative (SupSup's one-shot algorithm applied to
+    BatchE's rank-one factors).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from supsup_jax import masks as masks_lib
+from supsup_jax import tree as tree_lib
+from supsup_jax.learner import Learner
+from supsup_jax.methods import trained_net
+
+INFERENCE = ("entropy", "oneshot")
+_SALT = 0xBA7C4E  # keeps the factors' random stream apart from other uses of the seed
+
+
+def init_factors(params, key: jax.Array) -> dict:
+  """Random ±1 rank-one factors ``{"r": tree of [in], "s": tree of [out]}``
+  for every kernel of ``params`` (one member)."""
+  kernels = tree_lib.flatten(tree_lib.maskable_subtree(params))
+  r, s = {}, {}
+  for i, (path, w) in enumerate(sorted(kernels.items())):
+    kr, ks = jax.random.split(jax.random.fold_in(key, i))
+    r[path] = jax.random.rademacher(kr, (w.shape[-2],), jnp.float32)
+    s[path] = jax.random.rademacher(ks, (w.shape[-1],), jnp.float32)
+  return {"r": tree_lib.unflatten(r), "s": tree_lib.unflatten(s)}
+
+
+def rank_one(w: jax.Array, r: jax.Array, s: jax.Array) -> jax.Array:
+  """r sᵀ broadcast to a kernel's shape ``[..., in, out]``."""
+  return jnp.broadcast_to(r[:, None] * s[None, :], w.shape)
+
+
+def effective_params(params, factors: dict) -> dict:
+  """``params`` with every kernel W replaced by W ⊙ (r sᵀ)."""
+  kernels = tree_lib.maskable_subtree(params)
+  products = jax.tree.map(rank_one, kernels, factors["r"], factors["s"])
+  return masks_lib.apply_masks(params, products)
+
+
+def superposed_params(params, stacked: dict, alphas: jax.Array) -> dict:
+  """``params`` with every kernel W replaced by W ⊙ Σ_t α_t r_t s_tᵀ.
+
+  stacked: factors with a leading task axis ``[T, in]`` / ``[T, out]``;
+  alphas: ``[T]``.
+  """
+  kernels = tree_lib.maskable_subtree(params)
+  mixed = jax.tree.map(
+      lambda w, r, s: jnp.broadcast_to(jnp.einsum("t,ti,to->io", alphas, r, s), w.shape),
+      kernels, stacked["r"], stacked["s"])
+  return masks_lib.apply_masks(params, mixed)
+
+
+def mean_entropy(logits: jax.Array) -> jax.Array:
+  """Shannon entropy of the softmax over all outputs, averaged over axis -2.
+
+  logits ``[..., n, num_outputs]`` -> ``[...]``.
+  """
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1), axis=-1)
+
+
+def _make(config, stream, name: str, random_w: bool, infer: str | None) -> Learner:
+  if not random_w:
+    trained_net.check_sequential(config, name)
+  net = trained_net.build_net(config, stream)
+  weight_lr, adapt_lr = trained_net.learning_rates(config)
+  optimizer = trained_net.make_optimizer(config, net,
+                                         config.get("adapt_optimizer", "adam"))
+  factor_key = jax.random.fold_in(jax.random.key(int(config.seed)), _SALT)
+
+  def init_memory():
+    factors = [init_factors(net.params, jax.random.fold_in(factor_key, t))
+               for t in range(net.num_tasks)]
+    return {"params": net.params,
+            "factors": jax.tree.map(lambda *xs: jnp.stack(xs), *factors),
+            "batch_stats": trained_net.stack(net.batch_stats, net.num_tasks)}
+
+  def init_task(memory, task_id, key):
+    del key
+    own = trained_net.take(memory["factors"], task_id)
+    stats = trained_net.take(memory["batch_stats"], task_id)
+    if random_w:
+      return trained_net.init_task_state(optimizer, {"own": own}, {"own": adapt_lr}, stats)
+    first = jnp.asarray(task_id) == 0
+    rates = {"weights": jnp.where(first, weight_lr, 0.0),
+             "own": jnp.where(first, weight_lr, adapt_lr)}
+    return trained_net.init_task_state(
+        optimizer, {"weights": memory["params"], "own": own}, rates, stats)
+
+  def forward(memory, trainable, batch_stats, images, train):
+    params = memory["params"] if random_w else trainable["weights"]
+    return trained_net.apply(net, effective_params(params, trainable["own"]),
+                             batch_stats, images, train)
+
+  def end_task(memory, task_state, task_id):
+    trainable = task_state["trainable"]
+    params = memory["params"]
+    if not random_w:
+      first = jnp.asarray(task_id) == 0
+      params = jax.tree.map(lambda new, old: jnp.where(first, new, old),
+                            trainable["weights"], params)
+    return {"params": params,
+            "factors": trained_net.put(memory["factors"], task_id, trainable["own"]),
+            "batch_stats": trained_net.put(memory["batch_stats"], task_id,
+                                           task_state["batch_stats"])}
+
+  def logits(memory, task_id, images):
+    params = effective_params(memory["params"], trained_net.take(memory["factors"], task_id))
+    return trained_net.apply(net, params, trained_net.take(memory["batch_stats"], task_id),
+                             images, False)[0]
+
+  @jax.jit
+  def infer_by_entropy(memory, num_learned, images_many):
+    n_units, n = images_many.shape[:2]
+    flat = images_many.reshape((n_units * n, *images_many.shape[2:]))
+
+    def body(t, carry):
+      best_h, best_t = carry
+      h = mean_entropy(logits(memory, t, flat).reshape(n_units, n, -1))
+      better = h < best_h
+      return jnp.where(better, h, best_h), jnp.where(better, t, best_t)
+
+    init = (jnp.full((n_units,), jnp.inf), jnp.zeros((n_units,), jnp.int32))
+    return jax.lax.fori_loop(0, num_learned, body, init)[1]
+
+  @jax.jit
+  def infer_oneshot(memory, num_learned, images_many):
+    learned = jnp.arange(net.num_tasks) < num_learned
+    alphas = learned.astype(jnp.float32) / num_learned
+    # Batch norm of the superposed model: the α-mixture of the members' statistics.
+    stats = jax.tree.map(lambda x: jnp.tensordot(alphas, x, axes=1), memory["batch_stats"])
+
+    def unit_grad(images):
+      def entropy(a):
+        params = superposed_params(memory["params"], memory["factors"], a)
+        return mean_entropy(trained_net.apply(net, params, stats, images, False)[0])
+      return jax.grad(entropy)(alphas)
+
+    grads = jax.vmap(unit_grad)(images_many)  # [N, T]
+    return jnp.argmin(jnp.where(learned, grads, jnp.inf), axis=-1).astype(jnp.int32)
+
+  def infer_task(memory, num_learned, images_many):
+    """Task of each of N units ``images_many[N, n, ...]`` -> int32 [N]."""
+    if not isinstance(num_learned, jax.core.Tracer) and int(num_learned) < 1:
+      raise ValueError(f"num_learned must be >= 1 to infer a task, got {num_learned!r}")
+    fn = infer_by_entropy if infer == "entropy" else infer_oneshot
+    return fn(memory, jnp.int32(num_learned), jnp.asarray(images_many))
+
+  one = init_factors(net.params, factor_key)
+  per_task = trained_net.tree_bytes((one, net.batch_stats))
+  shared = 0 if random_w else trained_net.tree_bytes(net.params)
+
+  def summary(memory, num_learned):
+    del memory, num_learned
+    out = {"method": name, "bytes_per_task": per_task, "bytes_shared": shared,
+           "trains_weights": True}
+    if infer:
+      out["abatche_inference"] = infer
+    return out
+
+  return Learner(name=name, num_classes=net.num_classes,
+                 init_memory=init_memory, init_task=init_task,
+                 train_step=trained_net.make_train_step(forward, optimizer, net.num_classes),
+                 end_task=end_task, logits=logits, summary=summary,
+                 trains_weights=True,
+                 infer_task=infer_task if infer else None)
+
+
+def from_config(config, stream) -> Learner:
+  """BatchE, W trained on task 1. Keys read: the common ones,
+  ``trained_init``, ``weight_learning_rate``, ``adapt_learning_rate``,
+  ``adapt_optimizer``."""
+  return _make(config, stream, "batche", random_w=False, infer=None)
+
+
+def from_config_randw(config, stream) -> Learner:
+  """BatchE over a random W that never trains (keys as :func:`from_config`)."""
+  return _make(config, stream, "batche_randw", random_w=True, infer=None)
+
+
+def from_config_abatche(config, stream) -> Learner:
+  """ABatchE: BatchE (W trained on task 1) that infers the task; also reads
+  ``abatche_inference`` ("entropy" default, or "oneshot")."""
+  infer = config.get("abatche_inference", "entropy")
+  if infer not in INFERENCE:
+    raise ValueError(f"config.abatche_inference {infer!r} unknown; allowed: "
+                     f"{', '.join(INFERENCE)}")
+  return _make(config, stream, "abatche", random_w=False, infer=infer)

@@ -1,0 +1,268 @@
+"""What the weight-training baselines share: a Flax network whose weights train.
+
+The baselines of SupSup (Wortsman, Ramanujan et al. 2020, arXiv 2006.14769)
+train network weights, unlike SupSup itself: the lower and upper bounds,
+separate heads, BatchEnsemble and PSP. They use the same models
+(:func:`supsup_jax.models.make_model`), optimizers
+(:func:`supsup_jax.training.make_optimizer`) and data as SupSup; this module
+builds those from a config and holds the pieces every baseline needs:
+
+* :class:`Net`: the model, its trained-style initial weights (Kaiming normal
+  by default, a pure function of the seed like SupSup's random weights) and
+  initial batch-norm statistics.
+* per-task storage: pytrees with a leading task axis, read and written at a
+  traced task id (:func:`take`, :func:`put`), so memory shapes never change.
+* :func:`make_train_step`: one optimizer over a dict of parameter groups
+  (``{"weights": ..., "own": ...}``), each group's update scaled by a traced
+  learning rate held in the task state. A group whose rate is 0 stays frozen
+  exactly, so the same compiled step trains the whole network on task 1 and
+  only the task's own parameters afterwards (BatchE, separate heads).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from supsup_jax import models
+from supsup_jax import training
+from supsup_jax import tree as tree_lib
+from supsup_jax import weights as weights_lib
+
+_CONV_FREE_MODELS = ("lenet300100", "fc10241024", "bn_swish_mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+  """A model and its initial variables.
+
+  Attributes:
+    model: Flax module, ``apply(variables, images[B, *input_shape], train)``
+      -> logits ``[B, num_outputs]``.
+    num_outputs: output width (>= num_classes; more = superfluous neurons).
+    num_classes: real classes per task.
+    num_tasks: tasks to allocate per-task storage for.
+    params: initial ``params`` tree (float32).
+    batch_stats: initial ``batch_stats`` tree ({} without batch norm).
+    steps_per_task: train steps per task (for schedules).
+    example_shape: ``(1, *input_shape)``.
+  """
+  model: nn.Module
+  num_outputs: int
+  num_classes: int
+  num_tasks: int
+  params: Any
+  batch_stats: Any
+  steps_per_task: int
+  example_shape: tuple
+
+
+def steps_per_task(config, stream) -> int:
+  if config.get("iterations_per_task"):
+    return int(config.iterations_per_task)
+  epochs = float(config.get("epochs_per_task") or 0)
+  if epochs <= 0:
+    raise ValueError("set config.iterations_per_task or config.epochs_per_task "
+                     "to a positive number")
+  return int(math.ceil(epochs * stream.train_size(0) / config.batch_size))
+
+
+def build_net(config, stream, *, init: str | None = None) -> Net:
+  """The network of ``config`` for ``stream``, weights drawn with ``init``.
+
+  ``init`` defaults to ``config.trained_init`` (default "kaiming_normal": the
+  usual initialisation of a network whose weights train). Raises one-line
+  ValueErrors for a bad model, init, output size or task count.
+  """
+  init = init or config.get("trained_init", "kaiming_normal")
+  if init not in weights_lib.INITS:
+    raise ValueError(f"config.trained_init {init!r} unknown; allowed: "
+                     f"{', '.join(weights_lib.INITS)}")
+  if config.model not in models.MODELS:
+    raise ValueError(f"config.model {config.model!r} unknown; allowed: "
+                     f"{', '.join(models.MODELS)}")
+  num_tasks = int(config.num_tasks)
+  if num_tasks < 1:
+    raise ValueError(f"config.num_tasks must be >= 1, got {config.num_tasks!r}")
+  num_outputs = int(config.get("num_outputs") or stream.num_classes)
+  if num_outputs < stream.num_classes:
+    raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
+                     f"{stream.num_classes} classes per task")
+  model_kwargs = dict(config.get("model_options") or {})
+  if config.get("fast_conv", False) and config.model not in _CONV_FREE_MODELS:
+    from supsup_jax import conv  # pylint: disable=import-outside-toplevel
+    model_kwargs["conv_general_dilated"] = conv.conv_general_dilated
+  model = models.make_model(config.model, num_outputs, **model_kwargs)
+  example = np.zeros((1, *stream.input_shape), np.float32)
+  params = weights_lib.init_weights(model, int(config.seed), example, init=init)
+  stats = weights_lib.init_model_state(model, example).get("batch_stats", {})
+  return Net(model, num_outputs, int(stream.num_classes), num_tasks, params,
+             stats, steps_per_task(config, stream), example.shape)
+
+
+def check_sequential(config, name: str) -> None:
+  """Methods whose task t starts from what task t-1 learned cannot train
+  tasks side by side."""
+  if int(config.get("tasks_in_parallel") or 1) != 1:
+    raise ValueError(f"method {name!r} trains tasks one after another; set "
+                     f"config.tasks_in_parallel=1 (got {config.tasks_in_parallel!r})")
+
+
+def apply(net: Net, params, batch_stats, images, train: bool):
+  """``(logits [B, num_outputs], new batch_stats)``; stats unchanged when
+  not training or without batch norm."""
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  if train and batch_stats:
+    logits, updates = net.model.apply(variables, images, train=True,
+                                      mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  return net.model.apply(variables, images, train=train), batch_stats
+
+
+# ---------------------------------------------------------------- per task --
+
+def stack(tree, n: int):
+  """``n`` copies of ``tree`` along a new leading task axis."""
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))).copy(), tree)
+
+
+def take(stacked, task_id):
+  """Task ``task_id``'s slice (task_id may be traced)."""
+  return jax.tree.map(lambda x: x[task_id], stacked)
+
+
+def put(stacked, task_id, value):
+  """``stacked`` with task ``task_id``'s slice replaced by ``value``."""
+  return jax.tree.map(lambda x, v: x.at[task_id].set(v), stacked, value)
+
+
+def tree_bytes(tree) -> int:
+  """Bytes of all leaves (as stored: their own dtypes)."""
+  return int(sum(np.prod(np.shape(x)) * jnp.dtype(x.dtype).itemsize
+                 for x in jax.tree.leaves(tree)))
+
+
+# ---------------------------------------------------------------- training --
+
+def learning_rates(config) -> tuple[float, float]:
+  """(weight learning rate, adaptation learning rate), validated.
+
+  weight: ``config.weight_learning_rate`` (0 or absent -> ``learning_rate``),
+  the rate of every step that trains network weights ("train_weight_lr" in
+  the authors' code). adaptation: ``config.adapt_learning_rate`` (default
+  1e-2, the authors' ``lr`` for BatchE's rank-one factors and separate heads
+  on MNIST), the rate of a task's own parameters once the weights are fixed.
+  """
+  weight_lr = float(config.get("weight_learning_rate") or config.learning_rate)
+  adapt_lr = float(config.get("adapt_learning_rate") or 1e-2)
+  for name, lr in (("weight_learning_rate", weight_lr),
+                   ("adapt_learning_rate", adapt_lr)):
+    if not lr > 0 or math.isinf(lr):
+      raise ValueError(f"config.{name} must be a positive number, got {lr!r}")
+  return weight_lr, adapt_lr
+
+
+def make_optimizer(config, net: Net, name: str | None = None
+                   ) -> optax.GradientTransformation:
+  """``config``'s optimizer at unit learning rate (the rate is applied per
+  parameter group by the train step). Every update rule here (SGD with
+  momentum, RMSprop, Adam, with L2 weight decay before it) is linear in the
+  rate, so scaling the unit-rate update equals running at that rate."""
+  name = name or config.optimizer
+  return training.make_optimizer(
+      name, 1.0, momentum=config.momentum, weight_decay=config.weight_decay,
+      schedule=config.get("schedule", "constant"), total_steps=net.steps_per_task,
+      warmup_steps=int(config.get("warmup_steps") or 0))
+
+
+def init_task_state(optimizer, trainable: dict, rates: dict, batch_stats) -> dict:
+  """A fresh task state: trainable groups, their rates (f32 scalars, may be
+  traced), optimizer state, batch-norm statistics and a step counter.
+
+  Arrays are copied because the run loop donates the task state while the
+  memory they come from is kept.
+  """
+  trainable = jax.tree.map(jnp.array, trainable)
+  return {"trainable": trainable,
+          "rates": {k: jnp.asarray(rates[k], jnp.float32) for k in trainable},
+          "opt_state": optimizer.init(trainable),
+          "batch_stats": jax.tree.map(jnp.array, batch_stats),
+          "step": jnp.int32(0)}
+
+
+def _cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_train_step(forward: Callable, optimizer, num_classes: int) -> Callable:
+  """``(memory, task_state, images, labels) -> (task_state, metrics)``.
+
+  ``forward(memory, trainable, batch_stats, images, train)`` -> ``(logits,
+  new batch_stats)``. Loss: softmax cross-entropy over all outputs (as
+  SupSup); accuracy over the real classes. Each group's update is scaled by
+  its rate, so a group at rate 0 is exactly frozen (weight decay included).
+  """
+
+  def train_step(memory, state, images, labels):
+    def loss_fn(trainable):
+      logits, stats = forward(memory, trainable, state["batch_stats"], images, True)
+      return _cross_entropy(logits, labels), (logits, stats)
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["trainable"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
+    updates = {k: jax.tree.map(lambda u, r=state["rates"][k]: u * r, v)
+               for k, v in updates.items()}
+    trainable = optax.apply_updates(state["trainable"], updates)
+    new_state = dict(state, trainable=trainable, opt_state=opt_state,
+                     batch_stats=stats, step=state["step"] + 1)
+    return new_state, {"loss": loss,
+                       "accuracy": jnp.mean(
+                           jnp.argmax(logits[:, :num_classes], -1) == labels)}
+
+  return train_step
+
+
+# -------------------------------------------------------------------- head --
+
+def head_path(net: Net) -> tuple:
+  """Path of the output layer's kernel: the last Dense/Conv the model calls.
+
+  Found by intercepting module calls while tracing the model on shapes only,
+  so it works for any Flax model whose output comes from a Dense or Conv.
+  """
+  called = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)):
+      called.append(tuple(context.module.path))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda x: net.model.init(jax.random.key(0), x),
+                   jax.ShapeDtypeStruct(net.example_shape, jnp.float32))
+  if not called:
+    raise ValueError(f"model {type(net.model).__name__} has no Dense or Conv "
+                     "layer to use as a per-task head")
+  path = called[-1] + ("kernel",)
+  if path not in tree_lib.flatten(net.params):
+    raise ValueError(f"head {tree_lib.path_str(path)} is not a parameter of the model")
+  return path
+
+
+def replace_leaf(params, path: tuple, value):
+  flat = tree_lib.flatten(params)
+  flat[path] = value
+  return tree_lib.unflatten(flat)
+
+
+def get_leaf(params, path: tuple):
+  return tree_lib.flatten(params)[path]
