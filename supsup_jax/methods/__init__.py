@@ -13,6 +13,14 @@ from typing import Any
 METHODS: dict[str, str] = {
     "supsup": "supsup_jax.methods.supsup:from_config",
     "hopsupsup": "supsup_jax.methods.hopsupsup:from_config",
+    "lower_bound": "supsup_jax.methods.lower_bound:from_config",
+    "upper_bound": "supsup_jax.methods.upper_bound:from_config",
+    "separate_heads": "supsup_jax.methods.separate_heads:from_config",
+    "separate_heads_randw": "supsup_jax.methods.separate_heads:from_config_randw",
+    "batche": "supsup_jax.methods.batche:from_config",
+    "batche_randw": "supsup_jax.methods.batche:from_config_randw",
+    "abatche": "supsup_jax.methods.batche:from_config_abatche",
+    "psp": "supsup_jax.methods.psp:from_config",
     "packnet": "supsup_jax.methods.packnet:from_config",
 }
 
