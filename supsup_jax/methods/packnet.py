@@ -34,10 +34,57 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import numpy as np
+
 from supsup_jax import masks as masks_lib
+from supsup_jax import models
 from supsup_jax import training
+from supsup_jax import weights as weights_lib
 from supsup_jax.learner import Learner
-from supsup_jax.methods import trained_net
+
+
+class _Net:
+  """The model, its initial (trained-style) weights and batch-norm statistics."""
+
+  def __init__(self, config, stream):
+    init = config.get("trained_init", "kaiming_normal")
+    if init not in weights_lib.INITS:
+      raise ValueError(f"config.trained_init {init!r} unknown; allowed: "
+                       f"{', '.join(weights_lib.INITS)}")
+    self.num_tasks = int(config.num_tasks)
+    if self.num_tasks < 1:
+      raise ValueError(f"config.num_tasks must be >= 1, got {config.num_tasks!r}")
+    if int(config.get("tasks_in_parallel") or 1) != 1:
+      raise ValueError("method 'packnet' trains tasks one after another; set "
+                       f"config.tasks_in_parallel=1 (got {config.tasks_in_parallel!r})")
+    self.num_classes = int(stream.num_classes)
+    num_outputs = int(config.get("num_outputs") or stream.num_classes)
+    if num_outputs < self.num_classes:
+      raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
+                       f"{self.num_classes} classes per task")
+    self.model = models.make_model(config.model, num_outputs,
+                                   **dict(config.get("model_options") or {}))
+    example = np.zeros((1, *stream.input_shape), np.float32)
+    self.params = weights_lib.init_weights(self.model, int(config.seed), example, init=init)
+    self.batch_stats = weights_lib.init_model_state(self.model, example).get("batch_stats", {})
+    if config.get("iterations_per_task"):
+      self.steps_per_task = int(config.iterations_per_task)
+    else:
+      epochs = float(config.get("epochs_per_task") or 0)
+      if epochs <= 0:
+        raise ValueError("set config.iterations_per_task or config.epochs_per_task "
+                         "to a positive number")
+      self.steps_per_task = int(math.ceil(epochs * stream.train_size(0) / config.batch_size))
+
+  def apply(self, params, batch_stats, images, train: bool):
+    """(logits [B, num_outputs], new batch_stats)."""
+    if not batch_stats:
+      return self.model.apply({"params": params}, images, train=train), batch_stats
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train:
+      out, upd = self.model.apply(variables, images, train=True, mutable=["batch_stats"])
+      return out, upd["batch_stats"]
+    return self.model.apply(variables, images, train=False), batch_stats
 
 
 def _check(config, num_tasks: int) -> tuple[float, float]:
@@ -64,8 +111,7 @@ def free_topk(magnitude: jax.Array, free: jax.Array, n_keep: jax.Array) -> jax.A
 
 
 def from_config(config, stream) -> Learner:
-  trained_net.check_sequential(config, "packnet")
-  net = trained_net.build_net(config, stream)
+  net = _Net(config, stream)
   num_tasks = net.num_tasks
   frac, at = _check(config, num_tasks)
   lr = float(config.get("weight_learning_rate") or config.learning_rate)
@@ -83,7 +129,8 @@ def from_config(config, stream) -> Learner:
   def init_memory():
     return {"weights": jax.tree.map(jnp.array, kernels_only),
             "owner": jax.tree.map(lambda w: jnp.zeros(w.shape, jnp.uint8), kernels_only),
-            "batch_stats": trained_net.stack(net.batch_stats, num_tasks)}
+            "batch_stats": jax.tree.map(
+                lambda x: jnp.broadcast_to(x, (num_tasks, *x.shape)).copy(), net.batch_stats)}
 
   def init_task(memory, task_id, key):
     del key
@@ -124,7 +171,7 @@ def from_config(config, stream) -> Learner:
 
     def loss_fn(params):
       w = effective(memory, params, state["keep"], state["task_id"] + 1)
-      logits, stats = trained_net.apply(net, w, state["batch_stats"], images, True)
+      logits, stats = net.apply(w, state["batch_stats"], images, True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, (logits, stats)
 
@@ -152,19 +199,19 @@ def from_config(config, stream) -> Learner:
     return {"weights": jax.tree.map(weight_leaf, memory["weights"], memory["owner"],
                                     state["keep"], state["params"]),
             "owner": jax.tree.map(owner_leaf, memory["owner"], state["keep"]),
-            "batch_stats": trained_net.put(memory["batch_stats"], task_id,
-                                           state["batch_stats"])}
+            "batch_stats": jax.tree.map(lambda x, v: x.at[task_id].set(v),
+                                        memory["batch_stats"], state["batch_stats"])}
 
   def logits(memory, task_id, images):
     t = jnp.asarray(task_id, jnp.int32) + 1
     w = jax.tree.map(lambda wm, o: jnp.where((o >= 1) & (o.astype(jnp.int32) <= t), wm,
                                              jnp.zeros_like(wm)),
                      memory["weights"], memory["owner"])
-    return trained_net.apply(net, w, trained_net.take(memory["batch_stats"], task_id),
-                             images, False)[0]
+    stats = jax.tree.map(lambda x: x[task_id], memory["batch_stats"])
+    return net.apply(w, stats, images, False)[0]
 
   n_weights = sum(int(x.size) for x in jax.tree.leaves(kernels_only))
-  stats_bytes = trained_net.tree_bytes(net.batch_stats)
+  stats_bytes = 4 * sum(int(x.size) for x in jax.tree.leaves(net.batch_stats))
 
   def summary(memory, num_learned):
     owners = jnp.concatenate([o.reshape(-1) for o in jax.tree.leaves(memory["owner"])])
