@@ -14,6 +14,7 @@ RUNNERS: dict[str, str] = {
     "continual": "supsup_jax.experiment:run",
     "hopsupsup": "supsup_jax.hopsupsup_run:run",
     "subnetwork": "supsup_jax.subnetwork.run:run",
+    "uncertainty": "supsup_jax.uncertainty.run:run",
 }
 
 
