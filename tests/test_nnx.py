@@ -1,4 +1,7 @@
 """Supermasks over Flax NNX modules: same weights/scores/masks API as Linen."""
+import os
+import re
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -123,13 +126,13 @@ def test_nnx_trained_with_masks_keeps_weights_and_matches_linen():
   masks = ss.masks_from_scores(scores, kind="topk", k=0.5)
   linen = models.LeNet300100()
   linen_params = ss.apply_masks(_to_linen(weights), _to_linen(masks))
-  nnx_fn = jax.jit(lambda x: nnx_masks.masked_call(graphdef, weights, masks, rest, x))
-  linen_fn = jax.jit(lambda x: linen.apply({"params": linen_params}, x))
+  both = jax.jit(lambda x: (nnx_masks.masked_call(graphdef, weights, masks, rest, x),
+                            linen.apply({"params": linen_params}, x)))
   correct = total = 0
   for i, (x, y) in enumerate(stream.test_batches(0, 1000)):
     if i == 3:
       break
-    out_nnx, out_linen = nnx_fn(x), linen_fn(x)
+    out_nnx, out_linen = both(x)
     np.testing.assert_allclose(np.asarray(out_nnx), np.asarray(out_linen),
                                rtol=1e-6, atol=1e-6)
     correct += int(jnp.sum(jnp.argmax(out_nnx, -1) == y))
@@ -162,3 +165,19 @@ def test_masked_call_returns_updated_batch_stats():
   np.testing.assert_allclose(mean, 0.01 * h.mean(0), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(out, (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5),
                              rtol=1e-4, atol=1e-4)
+
+
+def test_readme_nnx_example_runs():
+  readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "README.md")
+  section = open(readme).read().split("## Flax NNX models", 1)[1]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  namespace = {}
+  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  assert namespace["task_id"] == 0
+  weights, params = namespace["weights"], namespace["params"]
+  # The weights are the seeded ones and not the module's initial values.
+  w0 = np.asarray(weights["layers"][0]["kernel"])
+  assert set(np.unique(np.abs(w0))) == {np.float32(np.sqrt(2.0) / np.sqrt(784))}
+  assert not np.array_equal(w0, np.asarray(nnx_masks.params_tree(params)["layers"][0]["kernel"]))
+  assert namespace["bank"].bytes_per_task == (784 * 300 + 300 * 100 + 100 * 10 + 7) // 8
