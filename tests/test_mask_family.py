@@ -181,3 +181,24 @@ def test_packnet_bad_prune_fraction():
   from supsup_jax.methods import packnet  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="packnet_prune_fraction"):
     packnet._check(ml_collections.ConfigDict({"packnet_prune_fraction": 1.0}), 3)
+
+
+# ------------------------------------------------------------------ PAC-Net --
+
+def test_pac_net_pair_with_different_shapes_is_refused():
+  from supsup_jax.subnetwork import pac_net  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="same shape"):
+    pac_net.check_pair("mnist", "cifar10_5_9")
+
+
+@needs_data
+def test_pac_net_short_keeps_source_and_learns_target(tmp_path):
+  from launch.configs import pac_net_mnist  # pylint: disable=import-outside-toplevel
+  from supsup_jax.subnetwork import run  # pylint: disable=import-outside-toplevel
+  c = pac_net_mnist.get_config()
+  c.iterations, c.pac_allocate_iterations = 150, 100
+  acc = run.run(c, str(tmp_path))["accuracy"]
+  assert acc["important_weights_unchanged"]
+  assert acc["source_after_calibrate"] == acc["source_after_allocate"] > 0.9
+  assert acc["target_pac_net"] > 0.7          # Fashion-MNIST after 150 steps
+  assert acc["source_after_finetune"] < acc["source_after_calibrate"] - 0.2  # forgetting
