@@ -1,0 +1,278 @@
+"""Uncertainty from masks: metrics against direct references, Masksembles masks,
+vmap ensemble training against per-member training, bad input, and a short
+real-data run (MNIST in distribution, Fashion-MNIST out)."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from launch.configs import uncertainty_cifar10, uncertainty_mnist
+from supsup_jax import runners
+from supsup_jax.uncertainty import calibration as cal
+from supsup_jax.uncertainty import masksembles as ms
+from supsup_jax.uncertainty import members
+from supsup_jax.uncertainty import run as run_lib
+from supsup_jax.uncertainty.models import UncertaintyMLP
+
+# ----------------------------------------------------------------- metrics
+
+
+def _brute_auroc(neg, pos):
+  wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+  return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_equals_pairwise_count_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  neg = rng.integers(0, 6, size=37).astype(float)   # many ties on purpose
+  pos = rng.integers(2, 9, size=23).astype(float)
+  assert cal.auroc(neg, pos) == pytest.approx(_brute_auroc(neg, pos), abs=1e-12)
+  neg, pos = rng.normal(size=50), rng.normal(0.5, 1, size=41)
+  assert cal.auroc(neg, pos) == pytest.approx(_brute_auroc(neg, pos), abs=1e-12)
+
+
+def test_auroc_extremes():
+  assert cal.auroc([0, 1, 2], [3, 4]) == 1.0
+  assert cal.auroc([3, 4], [0, 1, 2]) == 0.0
+  assert cal.auroc([1, 1], [1, 1, 1]) == 0.5
+  with pytest.raises(ValueError, match="both classes"):
+    cal.auroc([], [1.0])
+
+
+def test_nll_brier_ece_by_hand():
+  p = np.array([[0.70, 0.30],    # correct, conf .70 -> bin (10/15, 11/15]
+                [0.38, 0.62],    # wrong,   conf .62 -> bin (9/15, 10/15]
+                [0.90, 0.10],    # wrong,   conf .90 -> bin (13/15, 14/15]
+                [0.28, 0.72]])   # wrong,   conf .72 -> same bin as the first
+  y = np.array([0, 0, 1, 0])
+  lp = np.log(p)[None]  # one member
+  s = cal.summarize(lp, y)
+  assert s["accuracy"] == pytest.approx(0.25)
+  assert s["nll"] == pytest.approx(-(math.log(.7) + math.log(.38) + math.log(.1) + math.log(.28)) / 4)
+  brier = ((.3 ** 2 + .3 ** 2) + (.62 ** 2 + .62 ** 2) + (.9 ** 2 + .9 ** 2)
+           + (.72 ** 2 + .72 ** 2)) / 4
+  assert s["brier"] == pytest.approx(brier)
+  # bin of .70/.72: accuracy 1/2, confidence .71; the others: accuracy 0.
+  ece = 2 / 4 * abs(0.5 - 0.71) + 1 / 4 * 0.62 + 1 / 4 * 0.90
+  assert s["ece"] == pytest.approx(ece)
+  bins = cal.reliability_bins(p, y)
+  assert bins["count"].tolist() == [0] * 9 + [1, 2, 0, 0, 1, 0]
+
+
+def test_member_mean_entropy_and_mutual_information():
+  eps = 1e-9
+  a = np.log(np.array([[1 - eps, eps], [0.5, 0.5]]))
+  b = np.log(np.array([[eps, 1 - eps], [0.5, 0.5]]))
+  lp = np.stack([a, b])
+  np.testing.assert_allclose(np.exp(cal.mean_log_probs(lp)), 0.5, atol=1e-12)
+  h = cal.entropy_from_log_probs(cal.mean_log_probs(lp))
+  np.testing.assert_allclose(h, [math.log(2), math.log(2)], atol=1e-6)
+  # Disagreeing certain members: MI = log 2; agreeing uncertain members: MI = 0.
+  np.testing.assert_allclose(cal.mutual_information(lp), [math.log(2), 0.0], atol=1e-6)
+  # A single member has no epistemic term at all.
+  assert np.all(cal.mutual_information(a[None]) == 0.0)
+
+
+# ------------------------------------------------------------ Masksembles
+
+
+@pytest.mark.parametrize("channels,n,scale", [(300, 4, 2.0), (100, 5, 3.0), (64, 4, 1.5),
+                                              (100, 4, 6.0)])
+def test_masksembles_count_width_ones_overlap(channels, n, scale):
+  m = ms.generate_masks(channels, n, scale, seed=3)
+  assert m.shape == (n, channels)
+  assert set(np.unique(m)) <= {0.0, 1.0}
+  ones = m.sum(1)
+  assert np.all(ones == ones[0])                 # same number of ones in each mask
+  assert ones[0] == ms.active_features(channels, n, scale)
+  assert np.all(m.any(0))                        # every channel used by some mask
+  # Each mask picks m of ~m*scale positions: pairwise IoU ~ 1 / (2 scale - 1).
+  assert ms.mean_pairwise_iou(m) == pytest.approx(1 / (2 * scale - 1), abs=0.06)
+  np.testing.assert_array_equal(m, ms.generate_masks(channels, n, scale, seed=3))
+
+
+def test_masksembles_scale_controls_overlap():
+  ious = [ms.mean_pairwise_iou(ms.generate_masks(300, 4, s)) for s in (1.0, 1.5, 2.0, 3.0, 6.0)]
+  assert ious[0] == 1.0                          # scale 1: identical all-ones masks
+  assert np.all(ms.generate_masks(300, 4, 1.0) == 1.0)
+  assert all(a > b for a, b in zip(ious, ious[1:]))
+  assert ious[-1] < 0.15                         # large scale: nearly disjoint
+
+
+@pytest.mark.parametrize("args,match", [
+    ((100, 4, 7.0), r"feasible range: 1.0 <= scale <= 6.0"),
+    ((100, 4, 0.5), r"feasible range: 1.0 <= scale <= 6.0"),
+    ((100, 0, 2.0), r"num_masks must be an int >= 1"),
+    ((8, 4, 2.0), r">= 10 channels"),
+    ((10, 2, 6.0), r"could not produce 2 masks of width 10.*feasible range"),
+])
+def test_masksembles_infeasible(args, match):
+  with pytest.raises(ValueError, match=match):
+    ms.generate_masks(*args)
+
+
+# ------------------------------------------------------------ methods
+
+_SHAPE, _CLASSES, _HIDDEN = (6, 6, 1), 3, (24, 12)
+
+
+def _method(name, **kw):
+  kw.setdefault("hidden", _HIDDEN)
+  kw.setdefault("num_members", 3)
+  return members.make_method(name, input_shape=_SHAPE, num_classes=_CLASSES, **kw)
+
+
+def _batch_fn(arrays, member, step):
+  """Synthetic, learnable batches that differ per member and step."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(7), member), step)
+  x = jax.random.normal(key, (12, *_SHAPE)) + arrays["shift"]
+  y = (jnp.sum(x, axis=(1, 2, 3)) > 0).astype(jnp.int32) + (x[:, 0, 0, 0] > 1)
+  return x, y
+
+
+@pytest.mark.parametrize("bad", [dict(num_members=0), dict(mc_samples=0),
+                                 dict(num_members=2.5), dict(dropout_rate=1.0)])
+def test_bad_counts_raise(bad):
+  with pytest.raises(ValueError, match="num_members|mc_samples|dropout_rate"):
+    _method("mc_dropout", **bad)
+
+
+def test_unknown_method_raises():
+  with pytest.raises(ValueError, match="allowed: single, mc_dropout"):
+    _method("bayes")
+
+
+@pytest.mark.parametrize("name,kw", [("deep_ensemble", {}),
+                                     ("supermask_ensemble", dict(mask_kind="threshold"))])
+def test_vmap_training_equals_each_member_alone(name, kw):
+  method = _method(name, **kw)
+  # Plain SGD: a binary mask flips when a score crosses the threshold, and with
+  # Adam's sign-like steps a crossing can hinge on the last bit of a batched vs
+  # unbatched matmul; SGD steps scale with the gradient, so rounding stays small.
+  opt = optax.sgd(0.1)
+  key = jax.random.key(0)
+  params = members.init_members(method, key)
+  # Different initialisations of every kernel (biases start at 0 in all members;
+  # the supermask ensemble's scores are all kernel-shaped).
+  kernels = [v for path, v in jax.tree_util.tree_leaves_with_path(params)
+             if "kernel" in jax.tree_util.keystr(path)]
+  assert kernels and all(not np.allclose(v[0], v[1]) for v in kernels)
+  opt_state = jax.vmap(opt.init)(params)
+  arrays = {"shift": jnp.float32(0.1)}
+  trainer = members.make_trainer(method, opt, _batch_fn)
+  steps = 5
+  vp, _, losses = trainer(jax.tree.map(jnp.copy, params), opt_state, method.frozen, arrays,
+                          key, jnp.int32(0), num_steps=steps)
+  assert losses.shape == (steps, method.num_members)
+
+  member_step = jax.jit(members.make_member_step(method, opt))
+  for k in range(method.num_members):
+    p = jax.tree.map(lambda x, k=k: x[k], params)
+    s = opt.init(p)
+    for t in range(steps):
+      x, y = _batch_fn(arrays, k, t)
+      p, s, _ = member_step(p, s, method.frozen, x, y, members.member_key(key, k, t))
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(vp)):
+      np.testing.assert_allclose(a, b[k], rtol=1e-5, atol=1e-6)
+  # The supermask ensemble trains scores only; its weights never change.
+  assert jax.tree.structure(vp) == jax.tree.structure(params)
+
+
+def test_predictions_per_method():
+  x = jax.random.normal(jax.random.key(1), (5, *_SHAPE))
+  key = jax.random.key(2)
+  for name, k_times_s in [("single", 1), ("mc_dropout", 4), ("masksembles", 3),
+                          ("deep_ensemble", 3), ("supermask_ensemble", 3)]:
+    method = _method(name, mc_samples=4)
+    params = members.init_members(method, key)
+    lp = members.make_predictor(method)(params, method.frozen, x, key)
+    assert lp.shape == (k_times_s, 5, _CLASSES), name
+    np.testing.assert_allclose(jnp.exp(lp).sum(-1), 1.0, rtol=1e-5)
+    if k_times_s > 1:  # the predictions differ between members / samples
+      assert not np.allclose(lp[0], lp[1]), name
+
+
+def test_masksembles_member_i_is_the_network_with_mask_i():
+  method = _method("masksembles", masksembles_scale=2.0)
+  params = members.init_members(method, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (4, *_SHAPE))
+  lp = members.make_predictor(method)(params, method.frozen, x, jax.random.key(2))
+  net = UncertaintyMLP(hidden=_HIDDEN, num_outputs=_CLASSES)
+  p0 = jax.tree.map(lambda a: a[0], params)
+  for i in range(3):
+    only_i = tuple(m[i:i + 1] for m in method.frozen)   # one group: every row gets mask i
+    ref = jax.nn.log_softmax(net.apply({"params": p0}, x, masks=only_i))
+    np.testing.assert_allclose(lp[i], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bytes_stored_supermask_is_one_bit_per_weight_per_member():
+  method = _method("supermask_ensemble")
+  params = members.init_members(method, jax.random.key(0))
+  n_weights = sum(int(np.size(w)) for w in jax.tree.leaves(method.frozen))
+  assert members.bytes_stored(method, params) == math.ceil(3 * n_weights / 8)
+  dense = _method("deep_ensemble")
+  dp = members.init_members(dense, jax.random.key(0))
+  n_params = sum(int(np.size(w[0])) for w in jax.tree.leaves(dp))
+  assert members.bytes_stored(dense, dp) == 3 * 4 * n_params
+
+
+# ------------------------------------------------------------ runner
+
+
+def test_runner_is_registered():
+  assert runners.get_runner("uncertainty") is run_lib.run
+  assert uncertainty_mnist.get_config().runner == "uncertainty"
+  assert uncertainty_cifar10.get_config().ood_classes == (5, 6, 7, 8, 9)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("method", "bayes", "allowed: single"),
+    ("num_members", 0, "num_members must be an int >= 1"),
+    ("mc_samples", 0, "mc_samples must be an int >= 1"),
+    ("masksembles_scale", 9.0, "feasible range: 1.0 <= scale <= 6.0"),
+    ("batch_size", 126, "multiple of num_members=4"),
+])
+def test_bad_config_raises_before_loading_data(tmp_path, key, value, match):
+  c = uncertainty_mnist.get_config()
+  c.method = "masksembles"
+  c[key] = value
+  c.data_dir = str(tmp_path / "no_data_here")  # loading would raise DataNotFoundError
+  with pytest.raises(ValueError, match=match):
+    run_lib.run(c, str(tmp_path / "w"))
+
+
+def test_short_mnist_run_accuracy_floor_and_outputs(tmp_path):
+  """Masksembles, 300 steps: well above chance, and detects Fashion-MNIST."""
+  c = uncertainty_mnist.get_config()
+  c.method = "masksembles"
+  c.train_steps = 300
+  c.steps_per_call = 150
+  wd = str(tmp_path / "w")
+  r = run_lib.run(c, wd)
+  assert r["accuracy"] > 0.92
+  assert r["ood_auroc"] > 0.8 and r["ood_auroc_mi"] > 0.7
+  assert 0 <= r["ece"] < 0.1 and r["nll"] < 0.35
+  for f in ("results.json", "metrics.csv", "reliability.csv", "reliability.png",
+            "entropy_hist.png"):
+    assert os.path.exists(os.path.join(wd, f)), f
+  with open(os.path.join(wd, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["method"] == "masksembles" and saved["num_test"] == 10000
+  assert saved["peak_rss_mb"] > 0 and saved["bytes_stored"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", members.METHODS)
+def test_full_mnist_table_floors(tmp_path, method):
+  """The default (table) runs: every method >= 96 % and OOD AUROC >= 0.85."""
+  c = uncertainty_mnist.get_config()
+  c.method = method
+  r = run_lib.run(c, str(tmp_path / method))
+  assert r["accuracy"] > 0.96
+  assert r["ood_auroc"] > 0.85
