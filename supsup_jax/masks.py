@@ -173,7 +173,9 @@ def init_scores(weights: Mapping, key: jax.Array, *,
   if not (isinstance(key, jax.Array) and (
       jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
       or key.dtype == jnp.uint32 and key.shape == (2,))):
-    raise ValueError(f"key must be one PRNG key (jax.random.key(seed)), got {key!r}")
+    what = (f"{type(key).__name__} of dtype {key.dtype} and shape {key.shape}"
+            if hasattr(key, "dtype") else repr(key))
+    raise ValueError(f"key must be one PRNG key (jax.random.key(seed)), got {what}")
   sub = tree_lib.maskable_subtree(weights, is_maskable)
   leaves, treedef = jax.tree.flatten(sub)
   if not leaves:

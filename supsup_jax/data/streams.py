@@ -492,6 +492,7 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
   shared = bool(opts.get("shared_labels", False))
   augment = bool(opts.get("augment", False))
   _check_options(opts)
+  _check_num_tasks(name, num_tasks, 1)  # type and >= 1 now; the maximum after loading
 
   if name in ("permuted_mnist", "rotated_mnist"):
     data = sources.load_dataset("mnist", data_dir, download)
