@@ -202,3 +202,18 @@ def test_pac_net_short_keeps_source_and_learns_target(tmp_path):
   assert acc["source_after_calibrate"] == acc["source_after_allocate"] > 0.9
   assert acc["target_pac_net"] > 0.7          # Fashion-MNIST after 150 steps
   assert acc["source_after_finetune"] < acc["source_after_calibrate"] - 0.2  # forgetting
+
+
+# -------------------------------------------------------------- Meta-ticket --
+
+@needs_data
+def test_meta_ticket_episodes_are_well_formed():
+  from supsup_jax.subnetwork import meta_ticket  # pylint: disable=import-outside-toplevel
+  table, mean, std = meta_ticket.class_table("mnist", "test")
+  sample = meta_ticket.make_sampler(table, mean, std, ways=5, shots=3, queries=4)
+  xs, ys, xq, yq = jax.jit(sample)(jax.random.key(0))
+  assert xs.shape == (15, 28, 28, 1) and xq.shape == (20, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(np.asarray(ys)), [3] * 5)
+  np.testing.assert_array_equal(np.bincount(np.asarray(yq)), [4] * 5)
+  with pytest.raises(ValueError, match="ways=11"):
+    meta_ticket.make_sampler(table, mean, std, ways=11, shots=1, queries=1)
