@@ -198,6 +198,19 @@ def _save_atomic(fig, path: str) -> None:
   os.replace(tmp, path)
 
 
+def _integer_locator():
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
+  return ticker.MaxNLocator(10, integer=True, steps=[1, 2, 2.5, 5, 10])
+
+
+def _tasks_axis(ax, eval_after: Sequence[int]) -> None:
+  # From 0 tasks, so a single evaluation point does not get a zoomed x axis.
+  last = max(eval_after)
+  ax.set_xlim(0, last + max(1.0, 0.03 * last))
+  ax.xaxis.set_major_locator(_integer_locator())
+  ax.set_xlabel("tasks learned")
+
+
 def _percent_axis(ax, label: str = "accuracy (%)") -> None:
   # Fixed full range: small changes stay small on the page.
   ax.set_ylim(0, 100)
@@ -218,14 +231,14 @@ def plot_accuracy(path: str, eval_after: Sequence[int], rows: Sequence[Row],
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
   avgs = [100 * average_accuracy(r) for r in rows]
   marker = "o-" if len(eval_after) <= 60 else "-"
-  ax1.plot(eval_after, avgs, marker, label="average accuracy")
+  # clip_on=False: a point at 100 % stays whole on the fixed axis.
+  ax1.plot(eval_after, avgs, marker, clip_on=False,
+           label=f"average accuracy (final {avgs[-1]:.2f} %)")
   if inference_rows is not None:
-    ax1.plot(eval_after, [100 * average_accuracy(r) for r in inference_rows],
-             "s--" if len(eval_after) <= 60 else "--",
-             label="task-inference accuracy")
-  ax1.annotate(f"{avgs[-1]:.2f} %", (eval_after[-1], avgs[-1]), color="C0",
-               textcoords="offset points", xytext=(-6, -14), ha="right")
-  ax1.set_xlabel("tasks learned")
+    inf = [100 * average_accuracy(r) for r in inference_rows]
+    ax1.plot(eval_after, inf, "s--" if len(eval_after) <= 60 else "--", clip_on=False,
+             label=f"task-inference accuracy (final {inf[-1]:.2f} %)")
+  _tasks_axis(ax1, eval_after)
   _percent_axis(ax1)
   ax1.set_title(title)
   ax1.legend(loc="lower left")
@@ -233,6 +246,7 @@ def plot_accuracy(path: str, eval_after: Sequence[int], rows: Sequence[Row],
   tasks = [j for j, v in enumerate(final) if v is not None]
   ax2.bar(tasks, [100 * final[j] for j in tasks],
           width=1.0 if len(tasks) > 50 else 0.8)
+  ax2.xaxis.set_major_locator(_integer_locator())
   ax2.set_xlabel("task")
   _percent_axis(ax2, "final accuracy (%)")
   ax2.set_title(f"per task after {eval_after[-1]} tasks "
@@ -285,10 +299,16 @@ def plot_accuracy_matrix(path: str, eval_after: Sequence[int], rows: Sequence[Ro
                     aspect="auto", origin="upper", interpolation="nearest")
   fig.colorbar(image, ax=ax, label=cbar_label)
   labels = list(eval_after)
-  ax.xaxis.set_major_locator(ticker.MaxNLocator(12, integer=True))
-  ax.xaxis.set_major_formatter(ticker.FuncFormatter(
-      lambda x, _: str(labels[int(x)]) if 0 <= int(x) < n_evals and x == int(x) else ""))
-  ax.yaxis.set_major_locator(ticker.MaxNLocator(15, integer=True))
+  if n_evals <= 12:
+    ax.set_xticks(range(n_evals), [str(a) for a in labels])
+  else:
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(12, integer=True))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(
+        lambda x, _: str(labels[int(x)]) if 0 <= int(x) < n_evals and x == int(x) else ""))
+  if n_tasks <= 15:
+    ax.set_yticks(range(n_tasks))
+  else:
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(15, integer=True))
   ax.set_xlabel("tasks learned")
   ax.set_ylabel("task evaluated")
   ax.set_title(title)
@@ -324,14 +344,13 @@ def plot_task_inference(path: str, eval_after: Sequence[int],
   fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
   marker = len(eval_after) <= 60
   inf = [100 * average_accuracy(r) for r in inference_rows]
-  ax.plot(eval_after, inf, "s-" if marker else "-", color="C1",
-          label="task-inference accuracy")
+  ax.plot(eval_after, inf, "s-" if marker else "-", color="C1", clip_on=False,
+          label=f"task-inference accuracy (final {inf[-1]:.2f} %)")
   if rows is not None:
-    ax.plot(eval_after, [100 * average_accuracy(r) for r in rows],
-            "o--" if marker else "--", color="C0", label="average accuracy")
-  ax.annotate(f"{inf[-1]:.2f} %", (eval_after[-1], inf[-1]), color="C1",
-              textcoords="offset points", xytext=(-6, 8), ha="right")
-  ax.set_xlabel("tasks learned")
+    avgs = [100 * average_accuracy(r) for r in rows]
+    ax.plot(eval_after, avgs, "o--" if marker else "--", color="C0", clip_on=False,
+            label=f"average accuracy (final {avgs[-1]:.2f} %)")
+  _tasks_axis(ax, eval_after)
   _percent_axis(ax)
   ax.set_title(title)
   ax.legend(loc="lower left")
