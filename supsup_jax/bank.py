@@ -1,13 +1,18 @@
-"""A compact bank of many tasks' binary masks.
+"""A compact bank of many tasks' binary masks, as a pytree.
 
 Each task's masks tree is flattened (leaves in sorted path order) into one
 0/1 vector of length ``num_bits`` (= number of maskable weights) and stored as
 one row of a device array: bit-packed (``packed=True``, 1 bit per weight,
 ``ceil(num_bits / 8)`` bytes per task) or as bool (1 byte per weight).
 
-The running per-weight count of ones across tasks is kept up to date as tasks
-are added, so the mean mask (the uniform superposition used by task inference)
-never has to be recomputed from the whole bank.
+:class:`BankState` is an immutable pytree (rows, per-weight counts, number of
+tasks) with a static :class:`Layout`; :func:`put`, :func:`get`,
+:func:`mean_masks` and :func:`dot` are pure and work under ``jit`` (the task
+id may be traced), and the rows can be sharded along the task axis. The
+running per-weight count of ones across tasks is kept up to date as tasks are
+put, so the mean mask (the uniform superposition used by task inference)
+never has to be recomputed from the whole bank. :class:`MaskBank` is a small
+mutable convenience wrapper (grows by doubling) for interactive use.
 
 LeNet 300-100 with 10 outputs has 266,200 maskable weights: 33,275 bytes per
 task packed, so 2,500 tasks take 83 MB (98.5 MB with 500 outputs).
@@ -15,19 +20,22 @@ task packed, so 2,500 tasks take 83 MB (98.5 MB with 500 outputs).
 from __future__ import annotations
 
 import dataclasses
-import functools
+import operator
 from typing import Mapping, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from supsup_jax import tree as tree_lib
 
+ROW_ALIGN = 64  # capacity is a multiple of this: inference reads 64-row blocks
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """Where each mask leaf lives in the flat vector."""
+  """Where each mask leaf lives in the flat vector (hashable: a static field)."""
   paths: tuple[tree_lib.Path, ...]
   shapes: tuple[tuple[int, ...], ...]
   offsets: tuple[int, ...]
@@ -65,54 +73,232 @@ class Layout:
       out[p] = vec[..., o:o + n].reshape(*lead, *s)
     return tree_lib.unflatten(out)
 
-
-@functools.partial(jax.jit, donate_argnums=0)
-def _set_row(rows: jax.Array, row: jax.Array, index: jax.Array) -> jax.Array:
-  return rows.at[index].set(row)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _pack(flat_mask: jax.Array, packed: bool) -> jax.Array:
-  bits = flat_mask > 0.5
-  return jnp.packbits(bits) if packed else bits
+  def check_tree(self, masks: Mapping, what: str = "mask tree") -> None:
+    """One-line ValueError unless ``masks`` has exactly this layout's leaves."""
+    reference = tree_lib.unflatten(
+        {p: np.zeros(s, bool) for p, s in zip(self.paths, self.shapes)})
+    tree_lib.check_same_paths(reference, masks, what)
 
 
-ROW_ALIGN = 64  # capacity is a multiple of this: inference reads 64-row blocks
+@flax.struct.dataclass
+class BankState:
+  """Masks of up to ``capacity`` tasks (a pytree; layout and packing static).
+
+  rows: ``[capacity, bytes_per_task]`` uint8 (packed) or ``[capacity,
+    num_bits]`` bool; rows past ``num_tasks`` are zero.
+  counts: ``[num_bits]`` int32, per weight the number of stored masks keeping it.
+  num_tasks: int32 scalar, tasks stored (rows ``0 .. num_tasks - 1``).
+  """
+  rows: jax.Array
+  counts: jax.Array
+  num_tasks: jax.Array
+  layout: Layout = flax.struct.field(pytree_node=False)
+  packed: bool = flax.struct.field(pytree_node=False, default=True)
+
+  @property
+  def capacity(self) -> int:
+    return int(self.rows.shape[0])
+
+  @property
+  def bytes_per_task(self) -> int:
+    """Bytes one task's masks occupy in the bank."""
+    return int(self.rows.shape[1] * self.rows.dtype.itemsize)
 
 
-def _capacity(n: int) -> int:
-  return max(ROW_ALIGN, -(-n // ROW_ALIGN) * ROW_ALIGN)
+def capacity_for(n: int) -> int:
+  """Rows to allocate for ``n`` tasks: a multiple of ``ROW_ALIGN``."""
+  return max(ROW_ALIGN, -(-int(n) // ROW_ALIGN) * ROW_ALIGN)
+
+
+def init(template: Mapping, capacity: int, *, packed: bool = True) -> BankState:
+  """An empty bank for masks shaped like ``template`` (masks, scores or
+  maskable weights), with room for ``capacity`` tasks (rounded up to a
+  multiple of ``ROW_ALIGN``)."""
+  if not isinstance(capacity, (int, np.integer)) or capacity < 1:
+    raise ValueError(f"bank capacity must be a positive int, got {capacity!r}")
+  layout = Layout.from_tree(template)
+  width = layout.packed_bytes if packed else layout.num_bits
+  dtype = jnp.uint8 if packed else jnp.bool_
+  return BankState(rows=jnp.zeros((capacity_for(capacity), width), dtype),
+                   counts=jnp.zeros((layout.num_bits,), jnp.int32),
+                   num_tasks=jnp.zeros((), jnp.int32), layout=layout, packed=packed)
+
+
+def _encode(bank: BankState, masks: Mapping) -> tuple[jax.Array, jax.Array]:
+  """(row to store, its 0/1 bits as int32 [num_bits])."""
+  flat = bank.layout.flatten(jax.tree.map(jax.lax.stop_gradient, dict(masks)))
+  bits = flat > 0.5
+  return (jnp.packbits(bits) if bank.packed else bits), bits.astype(jnp.int32)
+
+
+def unpack_rows(bank: BankState, rows: jax.Array) -> jax.Array:
+  """Rows ``[k, bytes_per_task]`` -> float32 0/1 ``[k, num_bits]``."""
+  if bank.packed:
+    bits = jnp.unpackbits(rows, axis=-1, count=bank.layout.num_bits)
+  else:
+    bits = rows
+  return bits.astype(jnp.float32)
+
+
+def put(bank: BankState, task_id, masks: Mapping) -> BankState:
+  """Stores ``masks`` as task ``task_id`` (``<= num_tasks``): appends a new
+  task, or replaces a stored one (the counts follow). Pure and jittable; the
+  caller guarantees ``task_id < capacity`` (checked when not traced)."""
+  if not isinstance(task_id, jax.core.Tracer):
+    t = int(task_id)
+    if not 0 <= t < bank.capacity:
+      raise ValueError(f"task id {t} is outside the bank's capacity 0..{bank.capacity - 1}")
+  row, bits = _encode(bank, masks)
+  task_id = jnp.asarray(task_id, jnp.int32)
+  old_bits = unpack_rows(bank, jax.lax.dynamic_slice_in_dim(bank.rows, task_id, 1))[0]
+  return bank.replace(
+      rows=jax.lax.dynamic_update_slice_in_dim(bank.rows, row[None], task_id, 0),
+      counts=bank.counts - old_bits.astype(jnp.int32) + bits,
+      num_tasks=jnp.maximum(bank.num_tasks, task_id + 1))
+
+
+def add(bank: BankState, masks: Mapping) -> BankState:
+  """Appends ``masks`` as task ``num_tasks``."""
+  return put(bank, bank.num_tasks, masks)
+
+
+def get(bank: BankState, task_id) -> dict:
+  """One task's masks tree (float32 0/1); ``task_id`` may be traced."""
+  row = jax.lax.dynamic_slice_in_dim(bank.rows, jnp.asarray(task_id, jnp.int32), 1)
+  return bank.layout.unflatten(unpack_rows(bank, row)[0])
+
+
+def stacked(bank: BankState, task_ids) -> dict:
+  """Masks of several tasks as one tree with a leading task axis [k, ...]."""
+  rows = bank.rows[jnp.asarray(task_ids, jnp.int32)]
+  return bank.layout.unflatten(unpack_rows(bank, rows))
+
+
+def mean_masks(bank: BankState, scale=None) -> dict:
+  """The mean of all stored masks (uniform superposition alpha = 1/num_tasks),
+  or ``counts / scale`` (alpha = 1/scale for every stored mask)."""
+  denom = bank.num_tasks if scale is None else scale
+  return bank.layout.unflatten(bank.counts.astype(jnp.float32)
+                               / jnp.asarray(denom, jnp.float32))
+
+
+def _byte_lut(flat_g: jax.Array, num_bytes: int) -> jax.Array:
+  """lut[j, v] = sum_b bit_b(v) * g[8j + b] (numpy bit order: MSB first)."""
+  g = jnp.pad(flat_g, (0, num_bytes * 8 - flat_g.shape[0])).reshape(num_bytes, 8)
+  values = jnp.arange(256, dtype=jnp.uint8)
+  shifts = (7 - jnp.arange(8)).astype(jnp.uint8)
+  bits = ((values[:, None] >> shifts[None, :]) & 1).astype(g.dtype)  # [256, 8]
+  return g @ bits.T  # [num_bytes, 256]
+
+
+def rows_dot(rows: jax.Array, flat_g: jax.Array, num_rows=None, *,
+             packed: bool = True, block: int = 64) -> jax.Array:
+  """``unpack(rows[:num_rows]) @ flat_g`` without unpacking to floats.
+
+  Args:
+    rows: ``[capacity, bytes]`` uint8 (packed) or ``[capacity, num_bits]`` bool.
+      Passed whole (no slicing copy).
+    flat_g: ``[num_bits]`` float32.
+    num_rows: rows in use (may be traced); only ``ceil(num_rows / block)``
+      blocks are read, so one compiled program serves a growing bank.
+    block: rows per block (bounds temporaries to block x bytes).
+  Returns:
+    ``[capacity]`` float32; entries past ``num_rows`` are 0.
+
+  Packed rows use a per-byte lookup table: for byte position j,
+  ``lut[j, v] = sum_b bit_b(v) * g[8j + b]``, so a row's product is
+  ``sum_j lut[j, rows[i, j]]`` and the masks are never unpacked.
+  """
+  capacity = rows.shape[0]
+  if capacity % block:
+    pad = block - capacity % block
+    rows = jnp.pad(rows, ((0, pad), (0, 0)))
+  num_rows = capacity if num_rows is None else num_rows
+  if packed:
+    lut = _byte_lut(flat_g, rows.shape[1])
+
+    def one(rb):
+      return jnp.take_along_axis(lut, rb.T.astype(jnp.int32), axis=1).sum(0)
+  else:
+    def one(rb):
+      return rb.astype(flat_g.dtype) @ flat_g
+
+  def body(i, out):
+    rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
+    return jax.lax.dynamic_update_slice_in_dim(out, one(rb), i * block, 0)
+
+  n_blocks = (num_rows + block - 1) // block
+  out = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros((rows.shape[0],), flat_g.dtype))
+  return out[:capacity]
+
+
+def dot(bank: BankState, flat_g: jax.Array, *, block: int = 64) -> jax.Array:
+  """``[capacity]``: the product of every stored mask with ``flat_g``
+  (``[num_bits]``); zero past ``num_tasks``. Pure and jittable."""
+  return rows_dot(bank.rows, flat_g, bank.num_tasks, packed=bank.packed, block=block)
+
+
+def grow(bank: BankState, capacity: int) -> BankState:
+  """The same bank with room for ``capacity`` tasks (host-side copy)."""
+  capacity = capacity_for(capacity)
+  if capacity <= bank.capacity:
+    return bank
+  rows = jnp.zeros((capacity, bank.rows.shape[1]), bank.rows.dtype)
+  return bank.replace(rows=rows.at[:bank.capacity].set(bank.rows))
+
+
+_put_jit = jax.jit(put, donate_argnums=0)
+
+
+def check_task_id(task_id, num_tasks: int) -> int:
+  """A stored task id as a Python int: accepts Python, NumPy and JAX integer
+  scalars, refuses floats, bools and ids not in ``0..num_tasks - 1``."""
+  dtype = getattr(task_id, "dtype", None)
+  is_int = (isinstance(task_id, (int, np.integer)) and not isinstance(task_id, bool)) or (
+      dtype is not None and np.ndim(task_id) == 0 and jnp.issubdtype(dtype, jnp.integer))
+  if not is_int:
+    raise ValueError(f"task id must be an integer, got {task_id!r} "
+                     f"({type(task_id).__name__})")
+  t = operator.index(int(task_id))
+  if not 0 <= t < num_tasks:
+    raise ValueError(
+        f"task id {t} was never added to the mask bank; stored task ids are "
+        f"0..{num_tasks - 1}" if num_tasks else
+        f"task id {t} was never added: the mask bank is empty")
+  return t
 
 
 class MaskBank:
-  """Masks of many tasks in one device array, with an incremental mean.
+  """A mutable wrapper around a :class:`BankState` that grows by doubling.
 
-  Rows live in a preallocated ``[capacity, bytes_per_task]`` array (capacity a
-  multiple of ``ROW_ALIGN``, doubled when full); adding a task writes one row
-  in place (buffer donation), so growing to thousands of tasks never copies
-  the whole bank per task.
+  Convenient outside ``jit`` (``bank.add(masks)``, ``bank.get(3)``); the
+  pure state is ``bank.state``, which every inference function also accepts.
   """
 
-  def __init__(self, template: Mapping, *, packed: bool = True,
-               capacity: int = 16):
+  def __init__(self, template: Mapping, *, packed: bool = True, capacity: int = 16):
     """Args:
       template: a masks (or scores/weights) tree giving the leaf shapes.
       packed: store 1 bit per weight (True) or 1 bool byte per weight.
       capacity: initial number of rows; grows by doubling.
     """
-    self.layout = Layout.from_tree(template)
-    self.packed = packed
-    width = self.layout.packed_bytes if packed else self.layout.num_bits
-    dtype = jnp.uint8 if packed else jnp.bool_
-    self._rows = jnp.zeros((_capacity(capacity), width), dtype)
-    self._counts = jnp.zeros((self.layout.num_bits,), jnp.int32)
+    self._state = init(template, capacity, packed=packed)
     self.num_tasks = 0
 
-  # -- storage -------------------------------------------------------------
+  @property
+  def state(self) -> BankState:
+    return self._state
+
+  @property
+  def layout(self) -> Layout:
+    return self._state.layout
+
+  @property
+  def packed(self) -> bool:
+    return self._state.packed
+
   @property
   def bytes_per_task(self) -> int:
-    """Bytes one task's masks occupy in the bank."""
-    return int(self._rows.shape[1] * self._rows.dtype.itemsize)
+    return self._state.bytes_per_task
 
   @property
   def nbytes(self) -> int:
@@ -121,87 +307,70 @@ class MaskBank:
 
   @property
   def rows(self) -> jax.Array:
-    """The stored rows, ``[num_tasks, bytes_per_task]`` (uint8 or bool); a copy."""
-    return self._rows[:self.num_tasks]
+    """The stored rows, ``[num_tasks, bytes_per_task]``; a copy."""
+    return self._state.rows[:self.num_tasks]
 
   @property
   def storage(self) -> jax.Array:
-    """All ``[capacity, bytes_per_task]`` rows (no copy); rows past
-    ``num_tasks`` are zero."""
-    return self._rows
+    """All ``[capacity, bytes_per_task]`` rows (no copy)."""
+    return self._state.rows
 
   @property
   def counts(self) -> jax.Array:
-    """Per-weight number of tasks whose mask keeps it, ``[num_bits]`` int32."""
-    return self._counts
-
-  def _check_task(self, task_id: int) -> int:
-    if not isinstance(task_id, (int, np.integer)) or not 0 <= task_id < self.num_tasks:
-      raise ValueError(
-          f"task id {task_id!r} was never added to the mask bank; stored "
-          f"task ids are 0..{self.num_tasks - 1}" if self.num_tasks else
-          f"task id {task_id!r} was never added: the mask bank is empty")
-    return int(task_id)
+    return self._state.counts
 
   def add(self, masks: Mapping) -> int:
-    """Stores one task's masks (0/1 tree like the template); returns its id."""
-    tree_lib.check_same_paths(self.layout.unflatten(
-        jnp.zeros((self.layout.num_bits,), jnp.bool_)), masks, "mask tree")
-    flat = self.layout.flatten(jax.tree.map(jax.lax.stop_gradient, masks))
-    if self.num_tasks == self._rows.shape[0]:
-      grown = jnp.zeros((2 * self._rows.shape[0], self._rows.shape[1]),
-                        self._rows.dtype)
-      self._rows = grown.at[:self.num_tasks].set(self._rows)
-    self._rows = _set_row(self._rows, _pack(flat, self.packed),
-                          jnp.int32(self.num_tasks))
-    self._counts = self._counts + (flat > 0.5).astype(jnp.int32)
+    """Stores one task's 0/1 masks tree; returns its id. Refuses masks that
+    are not exactly 0/1 (NaN included) or do not match the layout."""
+    self.layout.check_tree(masks)
+    leaves = [jnp.asarray(x) for x in jax.tree.leaves(masks)]
+    if not all(bool(jnp.all((x == 0) | (x == 1))) for x in leaves):
+      raise ValueError("masks must be exactly 0 or 1 (got other or non-finite "
+                       "values); store masks_from_scores(...) output, not scores")
+    if self.num_tasks == self._state.capacity:
+      self._state = grow(self._state, 2 * self._state.capacity)
+    self._state = _put_jit(self._state, jnp.int32(self.num_tasks), masks)
     self.num_tasks += 1
     return self.num_tasks - 1
 
   def unpack_rows(self, rows: jax.Array) -> jax.Array:
-    """Rows ``[k, bytes_per_task]`` -> float32 0/1 ``[k, num_bits]``."""
-    if self.packed:
-      bits = jnp.unpackbits(rows, axis=-1, count=self.layout.num_bits)
-    else:
-      bits = rows
-    return bits.astype(jnp.float32)
+    return unpack_rows(self._state, rows)
 
-  def get(self, task_id: int) -> dict:
+  def get(self, task_id) -> dict:
     """One task's masks tree (float32 0/1)."""
-    t = self._check_task(task_id)
-    return self.layout.unflatten(self.unpack_rows(self._rows[t:t + 1])[0])
+    return get(self._state, check_task_id(task_id, self.num_tasks))
 
   def stacked(self, task_ids: Sequence[int] | None = None) -> dict:
     """Masks of several tasks as one tree with a leading task axis [k, ...]."""
     if task_ids is None:
-      rows = self.rows
-    else:
-      ids = [self._check_task(t) for t in task_ids]
-      rows = self._rows[jnp.asarray(ids, jnp.int32)]
-    return self.layout.unflatten(self.unpack_rows(rows))
+      task_ids = range(self.num_tasks)
+    return stacked(self._state, [check_task_id(t, self.num_tasks) for t in task_ids])
 
   def mean_masks(self) -> dict:
-    """The mean of all stored masks (uniform superposition), as a tree."""
     if not self.num_tasks:
       raise ValueError("the mask bank is empty: no mean mask")
-    return self.layout.unflatten(self._counts.astype(jnp.float32) / self.num_tasks)
+    return mean_masks(self._state)
 
-  # -- persistence -----------------------------------------------------------
   def state_dict(self) -> dict:
-    # At least one row: checkpoint formats cannot store empty arrays.
-    rows = self._rows[:max(1, self.num_tasks)]
-    return {"rows": np.asarray(rows), "counts": np.asarray(self._counts),
+    rows = self._state.rows[:max(1, self.num_tasks)]
+    return {"rows": np.asarray(rows), "counts": np.asarray(self._state.counts),
             "num_tasks": np.int64(self.num_tasks)}
 
   def load_state_dict(self, state: Mapping) -> "MaskBank":
     rows = np.asarray(state["rows"])
     n = int(state["num_tasks"])
-    if rows.shape[1:] != self._rows.shape[1:]:
+    if rows.shape[1:] != self._state.rows.shape[1:]:
       raise ValueError(f"mask bank rows have shape {rows.shape[1:]}, expected "
-                       f"{self._rows.shape[1:]} for this model")
-    full = np.zeros((_capacity(n), rows.shape[1]), rows.dtype)
+                       f"{self._state.rows.shape[1:]} for this model")
+    full = np.zeros((capacity_for(n), rows.shape[1]), rows.dtype)
     full[:n] = rows[:n]
-    self._rows = jnp.asarray(full, self._rows.dtype)
-    self._counts = jnp.asarray(state["counts"], jnp.int32)
+    self._state = self._state.replace(
+        rows=jnp.asarray(full, self._state.rows.dtype),
+        counts=jnp.asarray(state["counts"], jnp.int32), num_tasks=jnp.int32(n))
     self.num_tasks = n
     return self
+
+
+def as_state(bank) -> BankState:
+  """A :class:`BankState` from a state or a :class:`MaskBank`."""
+  return bank.state if isinstance(bank, MaskBank) else bank

@@ -1,138 +1,174 @@
-"""Evaluation with the task given (GG) or inferred (GNs / GNu).
+"""Evaluation of any learner, with the task given (GG) or inferred (GN, NN).
 
 Task inference follows the authors' protocol by default: for each test batch
 the task is inferred from its first ``inference_examples`` images (1 in GNu on
 PermutedMNIST; 0 means the whole batch) and the whole batch is classified with
-the inferred mask. In GNu a batch whose task is inferred wrongly counts as all
-wrong; in GNs (shared labels) it is scored as it falls. With
+the inferred task. In GNu (and NNs) a batch whose task is inferred wrongly
+counts as all wrong; in GNs (shared labels) it is scored as it falls. With
 ``per_example_inference`` every test example infers its own task.
+
+In NNs the learner's own slots ("masks") are not task ids: ``slot_task``
+maps each slot to the true task it was trained on most, and inference is
+right when the inferred slot maps to the task being evaluated.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Callable, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from supsup_jax import inference
-from supsup_jax import training
+from supsup_jax.learner import Learner
 
 
-def check_inference_config(config) -> None:
-  if config.inference_algorithm not in inference.ALGORITHMS:
-    raise ValueError(f"config.inference_algorithm {config.inference_algorithm!r} "
-                     f"unknown; allowed: {', '.join(inference.ALGORITHMS)}")
-  inference.check_objective(config.inference_objective)
-  for objective in config.get("compare_objectives") or ():
-    inference.check_objective(objective)
-  if config.inference_examples < 0:
-    raise ValueError("config.inference_examples must be >= 0 (0 = whole batch), "
-                     f"got {config.inference_examples}")
+@dataclasses.dataclass
+class Evaluation:
+  """One evaluation point.
+
+  row: accuracy per task (``None`` for tasks not yet learned).
+  inference_row: task-inference accuracy per task (GN/NN; else ``None``).
+  other_inference: ``{name: average task-inference accuracy}`` of the extra
+    inferrers (e.g. other objectives).
+  """
+  row: list
+  inference_row: list | None = None
+  other_inference: dict = dataclasses.field(default_factory=dict)
 
 
 class Evaluator:
-  """Evaluates the tasks in a mask bank on a stream's test splits."""
+  """Evaluates a learner's memory on a stream's test splits."""
 
-  def __init__(self, config, setup, bank):
-    self.config = config
-    self.setup = setup
-    self.bank = bank
-    self.masked: training.MaskedModel = setup.masked
-    self.eval_step = training.make_eval_step(self.masked)
-    self.batch_size = int(config.get("test_batch_size") or config.batch_size)
-    self.max_batches = int(config.get("eval_batches_per_task") or 0)
+  def __init__(self, learner: Learner, stream, *, scenario: str, num_tasks: int,
+               batch_size: int, max_batches: int = 0, inference_examples: int = 1,
+               per_example_inference: bool = False,
+               extra_inferrers: Mapping[str, Callable] | None = None):
+    """Args:
+      learner: the learner (its ``logits`` and, for GN/NN, ``infer_task``).
+      stream: the task stream (``test_batches(task_id, batch_size)``).
+      scenario: "GG", "GNs", "GNu" or "NNs".
+      num_tasks: length of every row.
+      batch_size: test batch size.
+      max_batches: test batches per task (0 = the whole test split).
+      inference_examples: images per batch used to infer its task (0 = all).
+      per_example_inference: every example infers its own task.
+      extra_inferrers: ``{name: infer_task}`` also scored (not used to classify).
+    """
+    if inference_examples < 0:
+      raise ValueError(f"inference_examples must be >= 0 (0 = whole batch), got "
+                       f"{inference_examples}")
+    self.learner = learner
+    self.stream = stream
+    self.scenario = scenario
+    self.num_tasks = num_tasks
+    self.batch_size = int(batch_size)
+    self.max_batches = int(max_batches)
+    self.inference_examples = int(inference_examples)
+    self.per_example = bool(per_example_inference)
+    self.extra_inferrers = dict(extra_inferrers or {})
     self._cache: dict[int, list] = {}
-    # objective -> {task: task-inference accuracy} at the latest evaluation.
-    self.comparison: dict[str, dict[int, float]] = {}
 
-  def _batches(self, task_id: int) -> list:
-    if task_id not in self._cache:
-      batches = []
-      for images, labels in self.setup.stream.test_batches(task_id, self.batch_size):
-        batches.append((images, labels))
-        if self.max_batches and len(batches) >= self.max_batches:
-          break
-      # Keep the test sets of small streams in memory across evaluations.
-      if self.setup.stream.num_tasks * len(batches) <= 50_000:
-        self._cache[task_id] = batches
-      return batches
-    return self._cache[task_id]
+    @jax.jit
+    def count_correct(memory, task_id, images, labels):
+      logits = learner.logits(memory, task_id, images)
+      return jnp.sum(jnp.argmax(logits[:, :learner.num_classes], -1) == labels)
 
-  def task_given_accuracy(self, task_id: int, weights, batch_stats) -> float:
-    masks = self.bank.get(task_id)
-    return training.evaluate_task(self.eval_step, weights, masks, batch_stats or {},
-                                  self._batches(task_id))
+    self._count_correct = count_correct
 
-  def evaluate_all(self, num_learned: int, weights,
-                   task_batch_stats: Mapping[str, Any]):
-    """Row of accuracies (None for unlearned tasks) and task-inference row."""
-    num_tasks = self.config.num_tasks
-    row: list[float | None] = [None] * num_tasks
-    if self.config.scenario == "GG":
-      for j in range(num_learned):
-        row[j] = self.task_given_accuracy(j, weights, task_batch_stats.get(str(j)))
-      return row, None
-    inf_row: list[float | None] = [None] * num_tasks
-    for j in range(num_learned):
-      row[j], inf_row[j] = self._inferred_accuracy(j, weights, task_batch_stats)
-    return row, inf_row
+  def batches(self, task_id: int) -> list:
+    """The test batches of a task (cached for small streams)."""
+    if task_id in self._cache:
+      return self._cache[task_id]
+    batches = []
+    for images, labels in self.stream.test_batches(task_id, self.batch_size):
+      batches.append((images, labels))
+      if self.max_batches and len(batches) >= self.max_batches:
+        break
+    if not batches:
+      raise ValueError(f"task {task_id} has no test examples to evaluate")
+    # Keep the test sets of small streams in memory across evaluations.
+    if self.num_tasks * len(batches) <= 50_000:
+      self._cache[task_id] = batches
+    return batches
 
-  # -- GN --------------------------------------------------------------------
-  def _inference_units(self, batches):
-    """Images each inference sees: [N, n, ...] and the owner of each unit."""
-    cfg = self.config
-    if cfg.get("per_example_inference"):
-      units = [img[i:i + 1] for img, _ in batches for i in range(img.shape[0])]
-    else:
-      n = int(cfg.inference_examples)
-      units = [img[:n] if n else img for img, _ in batches]
-    return units
+  def _correct(self, memory, slot: int, images, labels) -> int:
+    return int(self._count_correct(memory, jnp.int32(slot), images, labels))
 
-  def _infer(self, weights, units, objective: str) -> np.ndarray:
-    """Inferred task of every unit (units of equal shape are batched)."""
-    cfg = self.config
+  def task_given_accuracy(self, memory, task_id: int, slot: int | None = None) -> float:
+    """Accuracy on task ``task_id``'s test split with learner slot ``slot``
+    (default: the task itself)."""
+    slot = task_id if slot is None else slot
+    correct = total = 0
+    for images, labels in self.batches(task_id):
+      correct += self._correct(memory, slot, images, labels)
+      total += int(labels.shape[0])
+    return correct / total
+
+  def evaluate(self, memory, tasks: Sequence[int], num_learned: int,
+               slot_task: Sequence[int] | None = None) -> Evaluation:
+    """Evaluates ``tasks`` (the rest of the row stays ``None``).
+
+    num_learned: slots the learner has filled (tasks, or masks in NNs).
+    slot_task: NNs only, the true task of each slot.
+    """
+    row: list[float | None] = [None] * self.num_tasks
+    if self.scenario == "GG":
+      for j in tasks:
+        row[j] = self.task_given_accuracy(memory, j)
+      return Evaluation(row)
+    inf_row: list[float | None] = [None] * self.num_tasks
+    slot_task = np.arange(num_learned) if slot_task is None else np.asarray(slot_task)
+    other: dict[str, list[float]] = {}
+    for j in tasks:
+      batches = self.batches(j)
+      units = self._units(batches)
+      slots = self._infer(self.learner.infer_task, memory, num_learned, units)
+      row[j], inf_row[j] = self._score(memory, j, batches, slots, slot_task)
+      for name, fn in self.extra_inferrers.items():
+        other.setdefault(name, []).append(float(np.mean(
+            slot_task[self._infer(fn, memory, num_learned, units)] == j)))
+    return Evaluation(row, inf_row, {k: float(np.mean(v)) for k, v in other.items()})
+
+  def _units(self, batches) -> list:
+    """Images each inference sees (a list of [n, ...] arrays)."""
+    if self.per_example:
+      return [img[i:i + 1] for img, _ in batches for i in range(img.shape[0])]
+    n = self.inference_examples
+    return [img[:n] if n else img for img, _ in batches]
+
+  @staticmethod
+  def _infer(infer_fn, memory, num_learned: int, units) -> np.ndarray:
+    """Inferred slot of every unit (units of equal shape are batched)."""
     groups: dict[tuple, list[int]] = {}
     for i, u in enumerate(units):
       groups.setdefault(u.shape, []).append(i)
     out = np.zeros(len(units), np.int64)
     for idx in groups.values():
-      stacked = jnp.stack([units[i] for i in idx])
-      if cfg.inference_algorithm == "oneshot":
-        grads = inference.alpha_grads_many(self.masked, weights, self.bank, stacked,
-                                           objective=objective)
-        out[idx] = np.asarray(jnp.argmin(grads, axis=-1))
-      else:
-        out[idx] = inference.binary_many(self.masked, weights, self.bank, stacked,
-                                         objective=objective)
+      out[idx] = np.asarray(infer_fn(memory, num_learned,
+                                     jnp.stack([units[i] for i in idx])))
     return out
 
-  def _inferred_accuracy(self, task_id: int, weights, task_batch_stats):
-    cfg = self.config
-    batches = self._batches(task_id)
-    units = self._inference_units(batches)
-    inferred = self._infer(weights, units, cfg.inference_objective)
-    for objective in cfg.get("compare_objectives") or ():
-      if objective != cfg.inference_objective:
-        other = self._infer(weights, units, objective)
-        self.comparison.setdefault(objective, {})[task_id] = float(
-            np.mean(other == task_id))
-    stats = lambda t: task_batch_stats.get(str(t)) or {}
-    correct, total = 0, 0
-    if cfg.get("per_example_inference"):
+  def _score(self, memory, task_id: int, batches, slots, slot_task):
+    """(accuracy, task-inference accuracy) of one task given inferred slots."""
+    right_task = slot_task[slots] == task_id
+    strict = self.scenario != "GNs"  # a wrong task scores 0 (GNu, NNs)
+    correct = 0
+    if self.per_example:
       images = jnp.concatenate([b[0] for b in batches])
       labels = jnp.concatenate([b[1] for b in batches])
-      for t in np.unique(inferred):
-        if cfg.scenario == "GNu" and t != task_id:
+      for s in np.unique(slots):
+        sel = np.flatnonzero(slots == s)
+        if strict and slot_task[s] != task_id:
           continue
-        sel = np.flatnonzero(inferred == t)
-        correct += int(self.eval_step(weights, self.bank.get(int(t)), stats(t),
-                                      images[sel], labels[sel]))
+        correct += self._correct(memory, int(s), images[sel], labels[sel])
       total = int(labels.shape[0])
-      return correct / total, float(np.mean(inferred == task_id))
-    for (images, labels), t in zip(batches, inferred):
-      total += int(labels.shape[0])
-      if cfg.scenario == "GNu" and t != task_id:
-        continue
-      correct += int(self.eval_step(weights, self.bank.get(int(t)), stats(t),
-                                    images, labels))
-    return correct / total, float(np.mean(inferred == task_id))
+    else:
+      total = 0
+      for (images, labels), s, ok in zip(batches, slots, right_task):
+        total += int(labels.shape[0])
+        if strict and not ok:
+          continue
+        correct += self._correct(memory, int(s), images, labels)
+    return correct / total, float(np.mean(right_task))
+

@@ -1,12 +1,24 @@
-"""One continual-learning run: train a supermask per task, evaluate, record.
+"""The run loop: any learner, any scenario, resumable, evaluated, recorded.
 
 :func:`run` is what ``launch/main.py`` calls with a config and a workdir. It
-trains the tasks in order (or ``tasks_in_parallel`` at a time with vmap),
-stores every task's mask in a bit-packed :class:`MaskBank`, evaluates at the
-configured checkpoints with the task given (GG) or inferred (GNs/GNu), writes
-``results.json``, ``accuracy.csv`` and ``accuracy.png`` to the workdir, and
-checkpoints after each task (and every ``checkpoint_every_steps`` steps) so that
-the same command on the same workdir resumes where it stopped.
+builds the data stream and the learner named by ``config.method`` (see
+:mod:`supsup_jax.methods`) and drives it through the scenario:
+
+* GG, GNs, GNu: tasks one after another (or ``tasks_in_parallel`` at a time
+  with ``vmap``), the task id given to training; evaluation at the configured
+  points with the task given (GG) or inferred (GN).
+* NNs: one stream of batches with no task id; every ``nns_check_every``
+  batches the learner's ``detect_task`` decides whether the data is new
+  (allocate a new slot) or which slot to keep training.
+
+The loop knows nothing about any learner: it checkpoints the learner's
+``memory`` and ``task_state`` pytrees (after each task and every
+``checkpoint_every_steps`` steps), so the same command on the same workdir
+resumes exactly where it stopped, and it writes ``results.json`` (last),
+``accuracy.csv`` and plots to the workdir. Training is checked for
+non-finite values once per logged chunk (inside the jitted chunk, no extra
+host sync); a non-finite run stops with ``FloatingPointError`` and leaves
+the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -22,17 +34,33 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from supsup_jax import bank as bank_lib
 from supsup_jax import checkpoint as ckpt_lib
 from supsup_jax import data as data_lib
+from supsup_jax import distributed
 from supsup_jax import evaluation
+from supsup_jax import inference
+from supsup_jax import learner as learner_lib
 from supsup_jax import masks as masks_lib
+from supsup_jax import methods
 from supsup_jax import metrics
 from supsup_jax import models
-from supsup_jax import training
+from supsup_jax import optim
+from supsup_jax import scalars
+from supsup_jax import state_io
 from supsup_jax import weights as weights_lib
+from supsup_jax.data.task_free import TaskFreeStream
 
-SCENARIOS = ("GG", "GNs", "GNu")
+SCENARIOS = learner_lib.SCENARIOS
+
+
+def _finite_number(config, key, *, low=None, low_inclusive=True):
+  value = config.get(key)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if ok and low is not None:
+    ok = value >= low if low_inclusive else value > low
+  if not ok:
+    bound = "" if low is None else f" {'>=' if low_inclusive else '>'} {low}"
+    raise ValueError(f"config.{key} must be a finite number{bound}, got {value!r}")
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
@@ -42,9 +70,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(msg)
   need(config.scenario in SCENARIOS,
        f"config.scenario {config.scenario!r} unknown; allowed: {', '.join(SCENARIOS)}")
+  methods.check_method(config.get("method", "supsup"))
   need(isinstance(config.num_tasks, int) and config.num_tasks >= 1,
        f"config.num_tasks must be a positive int, got {config.num_tasks!r}")
-  need(config.batch_size >= 1, f"config.batch_size must be >= 1, got {config.batch_size!r}")
+  need(isinstance(config.batch_size, int) and config.batch_size >= 1,
+       f"config.batch_size must be a positive int, got {config.batch_size!r}")
   its, eps = config.get("iterations_per_task"), config.get("epochs_per_task")
   need((its or 0) > 0 or (eps or 0) > 0,
        "set config.iterations_per_task or config.epochs_per_task to a positive number")
@@ -52,13 +82,39 @@ def _validate(config: ml_collections.ConfigDict) -> None:
        f"config.model {config.model!r} unknown; allowed: {', '.join(models.MODELS)}")
   need(config.init in weights_lib.INITS,
        f"config.init {config.init!r} unknown; allowed: {', '.join(weights_lib.INITS)}")
-  training.MaskSpec(config.mask_kind, config.sparsity)  # validates kind and k
-  training.make_optimizer(config.optimizer, config.learning_rate,
-                          schedule=config.schedule)  # validates names
-  need(config.tasks_in_parallel >= 1,
-       f"config.tasks_in_parallel must be >= 1, got {config.tasks_in_parallel!r}")
+  for key in ("learning_rate",):
+    _finite_number(config, key, low=0, low_inclusive=False)
+  for key in ("momentum", "weight_decay"):
+    _finite_number(config, key, low=0)
+  _finite_number(config, "sparsity")
+  masks_lib.MaskSpec(config.mask_kind, config.sparsity)  # validates kind and k
+  optim.make_optimizer(config.optimizer, config.learning_rate,
+                       schedule=config.schedule)  # validates names
+  distributed.parse_mesh(config.get("mesh"))  # syntax; sizes vs devices in run()
+  need(isinstance(config.tasks_in_parallel, int) and config.tasks_in_parallel >= 1,
+       f"config.tasks_in_parallel must be an int >= 1, got {config.tasks_in_parallel!r}")
   if config.scenario != "GG":
-    evaluation.check_inference_config(config)
+    need(config.inference_algorithm in inference.ALGORITHMS,
+         f"config.inference_algorithm {config.inference_algorithm!r} unknown; allowed: "
+         f"{', '.join(inference.ALGORITHMS)}")
+    for objective in (config.inference_objective, *(config.get("compare_objectives") or ())):
+      inference.check_objective(objective)
+    need(isinstance(config.inference_examples, int) and config.inference_examples >= 0,
+         "config.inference_examples must be an int >= 0 (0 = whole batch), got "
+         f"{config.inference_examples!r}")
+    objectives = {config.inference_objective, *(config.get("compare_objectives") or ())}
+    need("g" not in objectives or (config.get("num_outputs") or 0) > 0,
+         "objective 'g' needs superfluous neurons: set config.num_outputs above the "
+         "number of classes per task (e.g. --config.num_outputs=500)")
+  if config.scenario == "NNs":
+    need(isinstance(config.get("max_masks"), int) and config.max_masks >= 1,
+         f"config.max_masks must be an int >= 1, got {config.get('max_masks')!r}")
+    need(isinstance(config.get("nns_check_every"), int) and config.nns_check_every >= 1,
+         f"config.nns_check_every must be an int >= 1, got {config.get('nns_check_every')!r}")
+    need((its or 0) > 0, "NNs needs config.iterations_per_task > 0 (tasks switch "
+         "every that many batches)")
+    need(config.tasks_in_parallel == 1, "NNs trains one mask at a time: set "
+         "config.tasks_in_parallel=1")
   # Points beyond num_tasks are dropped, so a config's paper checkpoints
   # (10, 50, ...) still work with a smaller --config.num_tasks.
   for t in config.get("eval_after_tasks") or ():
@@ -67,25 +123,21 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _eval_points(config) -> list[int]:
-  points = sorted(set(int(t) for t in (config.get("eval_after_tasks") or ())
-                      if t <= config.num_tasks) | {config.num_tasks})
-  return points
+  return sorted(set(int(t) for t in (config.get("eval_after_tasks") or ())
+                    if t <= config.num_tasks) | {config.num_tasks})
 
 
 @dataclasses.dataclass
 class Setup:
+  """What a run is made of."""
   stream: Any
-  model: Any
-  masked: training.MaskedModel
-  weights: Any
-  initial_batch_stats: Any
-  optimizer: Any
+  learner: learner_lib.Learner
   steps_per_task: int
-  mask_spec: training.MaskSpec
+  extra_inferrers: dict[str, Callable]
 
 
 def build(config: ml_collections.ConfigDict) -> Setup:
-  """Data stream, model, frozen weights, optimizer for a config."""
+  """The data stream and the learner of a config (checked first)."""
   _validate(config)
   data_seed = config.get("data_seed")
   stream = data_lib.make_stream(config.dataset, num_tasks=config.num_tasks,
@@ -93,90 +145,111 @@ def build(config: ml_collections.ConfigDict) -> Setup:
                                 data_dir=config.get("data_dir") or None,
                                 download=bool(config.get("download", False)),
                                 **dict(config.get("dataset_options") or {}))
-  num_outputs = config.get("num_outputs") or stream.num_classes
-  if num_outputs < stream.num_classes:
-    raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
-                     f"{stream.num_classes} classes of {config.dataset}")
-  model_kwargs = dict(config.get("model_options") or {})
-  if config.get("fast_conv", False) and config.model not in ("lenet300100", "fc10241024", "bn_swish_mlp"):
-    from supsup_jax import conv  # pylint: disable=import-outside-toplevel
-    model_kwargs["conv_general_dilated"] = conv.conv_general_dilated
-  model = models.make_model(config.model, num_outputs, **model_kwargs)
-  example = np.zeros((1, *stream.input_shape), np.float32)
-  weights = weights_lib.init_weights(model, config.seed, example, init=config.init)
-  model_state = weights_lib.init_model_state(model, example)
-  batch_stats = model_state.get("batch_stats", {})
-  if config.mask_kind == "topk" and config.get("er_sparsity"):
-    k = masks_lib.er_fractions(masks_lib.init_scores(weights, jax.random.key(0)),
-                               float(config.er_sparsity))
-  else:
-    k = float(config.sparsity)
-  mask_spec = training.MaskSpec(config.mask_kind, k)
-  masked = training.MaskedModel(model, mask_spec, stream.num_classes)
-  if config.get("iterations_per_task"):
-    steps = int(config.iterations_per_task)
-  else:
-    steps = int(math.ceil(config.epochs_per_task * stream.train_size(0) / config.batch_size))
-  optimizer = training.make_optimizer(
-      config.optimizer, config.learning_rate, momentum=config.momentum,
-      weight_decay=config.weight_decay, schedule=config.schedule,
-      total_steps=steps, warmup_steps=int(config.get("warmup_steps") or 0))
-  return Setup(stream, model, masked, weights, batch_stats, optimizer, steps, mask_spec)
+  method = config.get("method", "supsup")
+  learner = methods.make_learner(method, config, stream)
+  learner_lib.check_serves(learner, config.scenario)
+  extra = {}
+  if config.scenario != "GG":
+    for objective in config.get("compare_objectives") or ():
+      if objective != config.inference_objective:
+        other = ml_collections.ConfigDict(config.to_dict())
+        other.inference_objective = objective
+        extra[objective] = methods.make_learner(method, other, stream).infer_task
+  return Setup(stream, learner, learner_lib.steps_per_task(config, stream), extra)
 
 
-def make_chunk_fn(setup: Setup, batch_size: int, parallel: bool) -> Callable:
-  """Jitted ``(weights, data, state, task_id, n) -> (state, metrics)`` running
-  ``n`` train steps in one call (static n); vmapped over tasks if ``parallel``.
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+
+
+def _chunk_metrics(mets, state):
+  out = jax.tree.map(jnp.mean, mets)
+  out["finite"] = jnp.all(jnp.isfinite(mets["loss"])) & _all_finite(state)
+  return out
+
+
+def make_chunk_fn(learner: learner_lib.Learner, stream, batch_size: int,
+                  parallel: bool, mesh=None) -> Callable:
+  """Jitted ``(memory, data, state, task_id, step0, n) -> (state, metrics)``
+  running train steps ``step0 .. step0 + n - 1`` of a task in one call
+  (static n); vmapped over tasks (``state``, ``task_id``) if ``parallel``.
+  metrics: chunk means of the learner's metrics and ``finite`` (bool: loss
+  and state stayed finite). ``mesh`` (see :mod:`supsup_jax.distributed`):
+  states sharded over its "tasks" axis, batches over "data"; None: one device.
   """
-  step_fn = training.make_train_step(setup.masked, setup.optimizer)
-  stream = setup.stream
   if not hasattr(stream, "train_batch_fn_args"):
     # Streams that are not jittable (SplitImageNet through tf.data): one
     # jitted step per batch, batches fetched on the host.
-    jstep = jax.jit(step_fn, donate_argnums=1)
+    if parallel:
+      raise ValueError(f"{stream.name} cannot train tasks in parallel "
+                       "(its batches are not jittable); set tasks_in_parallel=1")
+    jstep = jax.jit(learner.train_step, donate_argnums=1)
 
-    def host_loop(weights, data, state, task_id, num_steps):
+    def host_loop(memory, data, state, task_id, step0, num_steps):
       del data
-      if parallel:
-        raise ValueError(f"{stream.name} cannot train tasks in parallel "
-                         "(its batches are not jittable); set tasks_in_parallel=1")
       mets = []
-      for _ in range(num_steps):
-        images, labels = stream.train_batch(int(task_id), int(state.step), batch_size)
-        state, m = jstep(weights, state, images, labels)
+      for i in range(num_steps):
+        images, labels = stream.train_batch(int(task_id), int(step0) + i, batch_size)
+        if mesh is not None:  # each process contributes its rows of the batch
+          images, labels = distributed.host_batch(mesh, images, labels)
+        state, m = jstep(memory, state, images, labels)
         mets.append(m)
-      return state, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *mets)
+      return state, _chunk_metrics(jax.tree.map(lambda *xs: jnp.stack(xs), *mets), state)
     return host_loop
   batch_fn, _ = stream.train_batch_fn_args(batch_size)
 
-  def one_task(weights, data, state, task_id, num_steps):
-    def body(state, _):
-      images, labels = batch_fn(data, task_id, state.step)
-      return step_fn(weights, state, images, labels)
-    state, mets = jax.lax.scan(body, state, None, length=num_steps)
-    return state, jax.tree.map(jnp.mean, mets)
+  def one_task(memory, data, state, task_id, step0, num_steps):
+    def body(state, i):
+      images, labels = batch_fn(data, task_id, step0 + i)
+      images, labels = distributed.constrain_batch(mesh, images, labels)
+      return learner.train_step(memory, state, images, labels)
+    state, mets = jax.lax.scan(body, state, jnp.arange(num_steps, dtype=jnp.int32))
+    return state, _chunk_metrics(mets, state)
 
-  if parallel:
-    one_task_v = jax.vmap(one_task, in_axes=(None, None, 0, 0, None))
-    return jax.jit(one_task_v, static_argnums=4, donate_argnums=2)
-  return jax.jit(one_task, static_argnums=4, donate_argnums=2)
+  return distributed.jit_chunk(one_task, mesh, parallel=parallel, num_args=6)
 
 
-def _task_key(seed: int, task_id: int) -> jax.Array:
+def make_task_free_chunk_fn(learner: learner_lib.Learner, stream: TaskFreeStream,
+                            batch_size: int, mesh=None) -> Callable:
+  """Jitted ``(memory, data, state, b0, n) -> (state, metrics)`` training on
+  stream batches ``b0 .. b0 + n - 1`` (no task id anywhere)."""
+  batch_fn = stream.batch_fn_args(batch_size)
+
+  def chunk(memory, data, state, b0, num_steps):
+    def body(state, i):
+      images, labels = batch_fn(data, b0 + i)
+      images, labels = distributed.constrain_batch(mesh, images, labels)
+      return learner.train_step(memory, state, images, labels)
+    state, mets = jax.lax.scan(body, state, jnp.arange(num_steps, dtype=jnp.int32))
+    return state, _chunk_metrics(mets, state)
+
+  return distributed.jit_chunk(chunk, mesh, parallel=False, num_args=5)
+
+
+def task_key(seed: int, task_id: int) -> jax.Array:
+  """The PRNG key of task ``task_id``'s training (scores init, dropout)."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5C0E), task_id)
 
 
+def stack(states: list) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def unstack(states, index: int) -> Any:
+  return jax.tree.map(lambda x: x[index], states)
+
+
 class _Progress:
-  def __init__(self, total_steps: int, done_steps: int, num_tasks: int):
+  def __init__(self, total_steps: int, done_steps: int):
     self.start = time.time()
     self.total, self.done0, self.done = total_steps, done_steps, done_steps
-    self.num_tasks = num_tasks
 
-  def report(self, task: int, step: int, steps: int, mets: Mapping, tasks_label=None):
+  def report(self, label: str, step: int, steps: int, mets: Mapping):
     elapsed = time.time() - self.start
     rate = (self.done - self.done0) / max(elapsed, 1e-9)
     eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-    label = tasks_label or f"task {task + 1}/{self.num_tasks}"
     logging.info("%s step %d/%d loss %.4f acc %.3f | elapsed %s ETA %s", label,
                  step, steps, float(mets["loss"]), float(mets["accuracy"]),
                  _fmt(elapsed), _fmt(eta))
@@ -187,23 +260,6 @@ def _fmt(seconds: float) -> str:
     return "?"
   seconds = int(seconds)
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _state_to_tree(state: training.TaskState) -> dict:
-  return {"scores": state.scores, "opt_state": jax.tree.map(np.asarray, state.opt_state),
-          "batch_stats": state.batch_stats, "step": np.asarray(state.step),
-          "key": np.asarray(jax.random.key_data(state.key))}
-
-
-def _tree_to_state(tree: Mapping, template: training.TaskState) -> training.TaskState:
-  opt_leaves = jax.tree.leaves(tree["opt_state"])
-  opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state),
-                                 [jnp.asarray(x) for x in opt_leaves])
-  return training.TaskState(
-      scores=jax.tree.map(jnp.asarray, tree["scores"]), opt_state=opt_state,
-      batch_stats=jax.tree.map(jnp.asarray, tree.get("batch_stats") or {}),
-      step=jnp.asarray(tree["step"], jnp.int32),
-      key=jax.random.wrap_key_data(jnp.asarray(tree["key"])))
 
 
 class _DropLibraryInfo:
@@ -219,180 +275,350 @@ def _quiet_libraries() -> None:
     handler.addFilter(_DropLibraryInfo())
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the experiment of ``config``; returns the results dict."""
+def _check_finite(mets, where: str, last_good: str) -> None:
+  if not bool(mets["finite"]):
+    raise FloatingPointError(
+        f"training became non-finite (NaN or inf loss or state) in {where}; "
+        f"stopped, {last_good}; lower config.learning_rate or check the data")
+
+
+class _Run:
+  """State and plumbing shared by the scenario loops of one run."""
+
+  def __init__(self, config, workdir, ckpt, setup: Setup, mesh=None):
+    self.config, self.workdir, self.ckpt, self.setup = config, workdir, ckpt, setup
+    # The device mesh (None on one device: today's single-device programs).
+    self.mesh = mesh if mesh is not None and mesh.size > 1 else None
+    self.learner = setup.learner
+    self.cfg_dict = config.to_dict()
+    self.evaluator = evaluation.Evaluator(
+        self.learner, setup.stream, scenario=config.scenario, num_tasks=config.num_tasks,
+        batch_size=int(config.get("test_batch_size") or config.batch_size),
+        max_batches=int(config.get("eval_batches_per_task") or 0),
+        inference_examples=int(config.get("inference_examples") or 0),
+        per_example_inference=bool(config.get("per_example_inference")),
+        extra_inferrers=setup.extra_inferrers)
+    self.end_task = distributed.jit_replicated(self.learner.end_task, self.mesh,
+                                               donate_argnums=0)
+    self.log_every = max(1, int(config.log_every_steps))
+    self.ckpt_every = int(config.get("checkpoint_every_steps") or 0)
+    self.memory = self.place(self.learner.init_memory())
+    self.rec: dict[str, Any] = {"eval_after": [], "rows": [], "inference_rows": [],
+                                "other_inference": [], "just_trained": [],
+                                "task_wall_s": [], "elapsed_s": 0.0}
+    self.meta: dict[str, Any] = {}
+    self.partial = None
+    self.run_start = time.time()
+    self.stop_after = int(config.get("stop_after_steps") or 0)
+    self.steps_this_process = 0
+    self.writer = None  # TensorBoard events, opened by restore()
+
+  def place(self, memory):
+    """Memory (weights, bank, ...) replicated once per device of the mesh."""
+    return memory if self.mesh is None else distributed.place_replicated(memory, self.mesh)
+
+  def local_memory(self):
+    """The memory on one device of this process, for evaluation."""
+    return self.memory if self.mesh is None else distributed.local(self.memory)
+
+  def out_of_budget(self, steps: int) -> bool:
+    """Counts ``steps`` trained; True once ``stop_after_steps`` are done (the
+    caller checkpoints and stops: a time-limited job slot, resumed later)."""
+    self.steps_this_process += steps
+    return bool(self.stop_after) and self.steps_this_process >= self.stop_after
+
+  def restore(self, restored) -> None:
+    """Takes over a checkpoint's ``(tree, meta)`` (None: a fresh run)."""
+    if restored is None:
+      self.writer = (scalars.ScalarWriter(os.path.join(self.workdir, "tensorboard"))
+                     if distributed.is_writer() else distributed.NullWriter())
+      return
+    tree, meta = restored
+    self.memory = self.place(state_io.from_saveable(tree["memory"], self.memory))
+    self.partial = tree.get("task_state")
+    self.rec, self.meta = meta["record"], meta["loop"]
+    self.run_start = time.time() - float(self.rec.get("elapsed_s", 0.0))
+    # Events written after this checkpoint by a killed process are dropped.
+    self.writer = (scalars.ScalarWriter(os.path.join(self.workdir, "tensorboard"),
+                                        purge_step=int(self.meta.get("global_step", 0)))
+                   if distributed.is_writer() else distributed.NullWriter())
+    logging.info("Resuming %s (%s) from %s (workdir %s)", self.config.experiment,
+                 self.learner.name, self.meta.get("where", "?"), self.workdir)
+
+  def log_train(self, global_step: int, mets: Mapping, **extra) -> None:
+    self.writer.write(global_step, {"train/loss": float(mets["loss"]),
+                                    "train/accuracy": float(mets["accuracy"]),
+                                    **{f"train/{k}": v for k, v in extra.items()}})
+
+  def save(self, step: int, loop: Mapping, task_state=None) -> None:
+    self.writer.flush()
+    self.rec["elapsed_s"] = time.time() - self.run_start
+    # Sharded task states are gathered first: every process saves the same
+    # (small) arrays and orbax's primary process writes them.
+    tree = {"memory": state_io.to_saveable(distributed.gathered(self.memory))}
+    if task_state is not None:
+      tree["task_state"] = state_io.to_saveable(distributed.gathered(task_state))
+    self.ckpt.save(step, tree, {"loop": dict(loop), "record": self.rec,
+                                "config": self.cfg_dict})
+
+  def evaluate(self, point: int, tasks, num_learned: int, slot_task=None) -> None:
+    ev = self.evaluator.evaluate(self.local_memory(), tasks, num_learned, slot_task)
+    self.rec["eval_after"].append(point)
+    self.rec["rows"].append(ev.row)
+    self.rec["inference_rows"].append(ev.inference_row)
+    self.rec["other_inference"].append(ev.other_inference)
+    tb = {"eval/avg_accuracy": metrics.average_accuracy(ev.row)}
+    msg = f"after {point} tasks: average accuracy {tb['eval/avg_accuracy']:.4f}"
+    if ev.inference_row is not None:
+      tb["eval/task_inference_accuracy"] = metrics.average_accuracy(ev.inference_row)
+      msg += f", task-inference accuracy {tb['eval/task_inference_accuracy']:.4f}"
+    self.writer.write(point, tb)
+    logging.info(msg)
+
+
+def _run_tasks(run: _Run) -> dict:
+  """GG / GNs / GNu: tasks in order (groups of ``tasks_in_parallel``)."""
+  config, learner, stream = run.config, run.learner, run.setup.stream
+  num_tasks, steps = config.num_tasks, run.setup.steps_per_task
+  parallel = int(config.tasks_in_parallel)
+  mesh = run.mesh
+  chunk_single = make_chunk_fn(learner, stream, config.batch_size, parallel=False, mesh=mesh)
+  chunk_multi = (make_chunk_fn(learner, stream, config.batch_size, parallel=True, mesh=mesh)
+                 if parallel > 1 else None)
+  data = getattr(stream, "device_arrays", None)
+  if mesh is not None and data is not None:
+    data = distributed.place_replicated(data, mesh)  # one copy per device, not per task
+  eval_points = _eval_points(config)
+  task = int(run.meta.get("next_task", 0))
+  progress = _Progress(num_tasks * steps, task * steps + int(run.meta.get("step", 0)))
+  last_good = "no checkpoint yet"
+  while task < num_tasks:
+    group = list(range(task, min(task + parallel, num_tasks)))
+    t_task = time.time()
+    # With a "tasks" mesh axis a short last group is padded to the full width.
+    ids = distributed.pad_group(group, mesh, parallel)
+    memory = run.local_memory()
+    states = [learner.init_task(memory, t, task_key(config.seed, t)) for t in ids]
+    state = stack(states) if len(ids) > 1 else states[0]
+    done = 0
+    if run.partial is not None:
+      state = state_io.from_saveable(run.partial, state)
+      done = int(run.meta["step"])
+      run.partial = None
+    if mesh is not None:
+      state = (distributed.place_tasks(state, mesh) if len(ids) > 1
+               else distributed.place_replicated(state, mesh))
+    task_ids = jnp.asarray(ids, jnp.int32)
+    label = (f"tasks {group[0] + 1}-{group[-1] + 1}/{num_tasks}" if len(group) > 1
+             else f"task {group[0] + 1}/{num_tasks}")
+    while done < steps:
+      n = min(run.log_every, steps - done)
+      if run.ckpt_every:
+        n = min(n, run.ckpt_every - done % run.ckpt_every)
+      if len(ids) > 1:
+        state, mets = chunk_multi(run.memory, data, state, task_ids, jnp.int32(done), n)
+        mets = jax.tree.map(jnp.mean, mets) | {"finite": jnp.all(mets["finite"])}
+      else:
+        state, mets = chunk_single(run.memory, data, state, task_ids[0], jnp.int32(done), n)
+      _check_finite(mets, f"{label} between steps {done} and {done + n}", last_good)
+      done += n
+      progress.done += n * len(group)
+      progress.report(label, done, steps, mets)
+      run.log_train(group[0] * steps + done, mets, task=group[0])
+      stop = run.out_of_budget(n * len(group)) and done < steps
+      if stop or (run.ckpt_every and done % run.ckpt_every == 0 and done < steps):
+        where = f"{label} step {done}"
+        run.save(group[0] * (steps + 1) + done,
+                 {"next_task": group[0], "step": done, "where": where,
+                  "global_step": group[0] * steps + done}, state)
+        last_good = f"resumable from the checkpoint at {where}"
+        if stop:
+          return None
+    for i, t in enumerate(group):
+      run.memory = run.end_task(run.memory, unstack(state, i) if len(ids) > 1 else state,
+                                jnp.int32(t))
+      run.rec["just_trained"].append(
+          run.evaluator.task_given_accuracy(run.local_memory(), t))
+    wall = (time.time() - t_task) / len(group)
+    run.rec["task_wall_s"].extend([wall] * len(group))
+    task = group[-1] + 1
+    for point in eval_points:
+      if group[0] < point <= task and point not in run.rec["eval_after"]:
+        run.evaluate(point, range(point), point)
+    where = f"the end of task {task}/{num_tasks}"
+    run.save(task * (steps + 1), {"next_task": task, "step": 0, "where": where,
+                                  "global_step": task * steps})
+    last_good = f"resumable from the checkpoint at {where}"
+    if run.stop_after and run.steps_this_process >= run.stop_after and task < num_tasks:
+      return None
+  return {}
+
+
+def _run_nns(run: _Run) -> dict:
+  """NNs: one task-free stream; the learner detects new tasks itself."""
+  config, learner = run.config, run.learner
+  stream = TaskFreeStream(run.setup.stream, config.iterations_per_task)
+  chunk = make_task_free_chunk_fn(learner, stream, config.batch_size)
+  detect_batch = jax.jit(stream.batch_fn_args(config.batch_size))
+  data = stream.device_arrays
+  its, check_every = stream.iterations_per_task, int(config.nns_check_every)
+  max_masks = int(config.max_masks)
+  eval_points = _eval_points(config)
+  m = run.meta
+  b = int(m.get("b", 0))
+  current = m.get("current")            # slot being trained (None before the start)
+  num_masks = int(m.get("num_masks", 0))
+  # slot_batches[s][t]: batches of true task t that trained slot s (bookkeeping).
+  slot_batches = [list(r) for r in m.get("slot_batches", [])]
+  state = None
+  if run.partial is not None:
+    state = state_io.from_saveable(
+        run.partial, learner.init_task(run.memory, current, task_key(config.seed, current)))
+    run.partial = None
+  progress = _Progress(stream.num_batches, b)
+  last_good = "no checkpoint yet"
+
+  def slot_task():
+    return [int(np.argmax(r)) for r in slot_batches]
+
+  def loop_meta(where):
+    return {"b": b, "current": current, "num_masks": num_masks,
+            "slot_batches": slot_batches, "where": where, "global_step": b}
+
+  t_task = time.time()
+  while b < stream.num_batches:
+    if b % check_every == 0:
+      images, _ = detect_batch(data, jnp.int32(b))
+      if current is not None:  # the slot in training takes part in the decision
+        run.memory = run.end_task(run.memory, state, jnp.int32(current))
+      is_new, best = learner.detect_task(run.memory, num_masks, images)
+      if is_new and num_masks < max_masks:
+        current, num_masks = num_masks, num_masks + 1
+        slot_batches.append([0] * config.num_tasks)
+        state = learner.init_task(run.memory, current, task_key(config.seed, current))
+        logging.info("batch %d: new data, allocated mask %d", b, current)
+      elif best != current:
+        current = best
+        state = learner.reopen_task(run.memory, current, task_key(config.seed, current))
+        logging.info("batch %d: data of mask %d, training it again", b, current)
+    n = min(check_every - b % check_every, its - b % its, run.log_every,
+            stream.num_batches - b)
+    true_task = stream.true_task(b)
+    state, mets = chunk(run.memory, data, state, jnp.int32(b), n)
+    _check_finite(mets, f"stream batches {b}..{b + n - 1} (mask {current})", last_good)
+    slot_batches[current][true_task] += n
+    b += n
+    stop = run.out_of_budget(n) and b < stream.num_batches
+    progress.done = b
+    progress.report(f"batch {b}/{stream.num_batches} mask {current + 1}/{num_masks}",
+                    b % its or its, its, mets)
+    run.log_train(b, mets, mask=current, masks_allocated=num_masks)
+    if b % its == 0:  # a task's data ended (the learner is not told)
+      finished = b // its
+      run.memory = run.end_task(run.memory, state, jnp.int32(current))
+      owners = slot_task()
+      own = [s for s, t in enumerate(owners) if t == finished - 1]
+      slot = own[0] if own else current
+      run.rec["just_trained"].append(
+          run.evaluator.task_given_accuracy(run.memory, finished - 1, slot))
+      run.rec["task_wall_s"].append(time.time() - t_task)
+      t_task = time.time()
+      if finished in eval_points and finished not in run.rec["eval_after"]:
+        run.evaluate(finished, range(finished), num_masks, owners)
+      where = f"the end of task {finished}/{config.num_tasks}'s data"
+      run.save(b, loop_meta(where), state)
+      last_good = f"resumable from the checkpoint at {where}"
+    elif stop:
+      run.save(b, loop_meta(f"stream batch {b}"), state)
+    if stop:
+      return None
+  purity = [max(r) / max(1, sum(r)) for r in slot_batches]
+  return {"masks_allocated": num_masks, "mask_trained_on_task": slot_task(),
+          "mask_task_purity": purity, "mask_task_batches": slot_batches}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        setup: Setup | None = None) -> dict:
+  """Runs (or resumes) the experiment of ``config``; returns the results dict.
+
+  ``setup`` (default: :func:`build` of the config) lets a library user run
+  their own learner or stream through the same loop.
+  """
   t_start = time.time()
   _quiet_libraries()
   config = ml_collections.ConfigDict(config)
   _validate(config)
+  mesh = distributed.mesh_from_config(config)  # sizes checked against the devices
+  distributed.check_parallel(mesh, tasks_in_parallel=int(config.tasks_in_parallel),
+                             batch_size=int(config.batch_size))
+  if config.scenario == "NNs" and mesh.size > 1:
+    raise ValueError(f"NNs runs on one device, got config.mesh over {mesh.size} "
+                     "devices; set --config.mesh=\"[('data', 1)]\"")
   os.makedirs(workdir, exist_ok=True)
-  cfg_dict = config.to_dict()
-  ckpt = ckpt_lib.RunCheckpointer(workdir, cfg_dict)
+  ckpt = ckpt_lib.RunCheckpointer(workdir, config.to_dict())
+  state = None
   try:
-    return _run(config, workdir, ckpt, cfg_dict, t_start)
+    restored = ckpt.restore()  # refuses a workdir of another config, before any data
+    if setup is None:
+      setup = build(config)
+    else:
+      learner_lib.check_serves(setup.learner, config.scenario)
+    state = _Run(config, workdir, ckpt, setup, mesh)
+    state.restore(restored)
+    extra = _run_nns(state) if config.scenario == "NNs" else _run_tasks(state)
+    if extra is None:
+      logging.info("Stopped after %d steps (config.stop_after_steps); the same "
+                   "command resumes", state.steps_this_process)
+      return {"complete": False, "steps_this_process": state.steps_this_process}
+    results = _finish(state, extra, time.time() - state.run_start)
   finally:
     ckpt.close()  # joins orbax's writer threads, also on errors
-
-
-def _run(config, workdir, ckpt, cfg_dict, t_start) -> dict:
-  restored = ckpt.restore()  # refuses a workdir of another config early
-  setup = build(config)
-  stream, masked, weights = setup.stream, setup.masked, setup.weights
-  num_tasks, steps = config.num_tasks, setup.steps_per_task
-  template_scores = masks_lib.init_scores(weights, jax.random.key(0))
-  bank = bank_lib.MaskBank(template_scores, packed=True)
-  eval_points = _eval_points(config)
-  keep_scores = bool(config.get("keep_scores", num_tasks <= 20))
-
-  # Everything that survives a restart.
-  task_batch_stats: dict[str, Any] = {}
-  kept_scores: dict[str, Any] = {}
-  score_sum = jax.tree.map(jnp.zeros_like, template_scores)
-  rec = {"eval_after": [], "rows": [], "inference_rows": [], "just_trained": [],
-         "task_wall_s": [], "elapsed_s": 0.0}
-  next_task, partial_state = 0, None
-  if restored is not None:
-    tree, meta = restored
-    bank.load_state_dict(tree["bank"])
-    task_batch_stats = dict(tree.get("task_batch_stats") or {})
-    kept_scores = dict(tree.get("kept_scores") or {})
-    score_sum = jax.tree.map(jnp.asarray, tree["score_sum"])
-    rec = meta["record"]
-    next_task = int(meta["next_task"])
-    if tree.get("partial") is not None and meta.get("partial_tasks"):
-      partial_state = tree["partial"]
-    logging.info("Resuming %s from task %d/%d (workdir %s)", config.experiment,
-                 next_task + 1, num_tasks, workdir)
-
-  parallel = int(config.tasks_in_parallel)
-  chunk_single = make_chunk_fn(setup, config.batch_size, parallel=False)
-  chunk_multi = make_chunk_fn(setup, config.batch_size, parallel=True) if parallel > 1 else None
-  data_arrays = getattr(stream, "device_arrays", None)
-  evaluator = evaluation.Evaluator(config, setup, bank)
-  log_every = max(1, int(config.log_every_steps))
-  ckpt_every = int(config.get("checkpoint_every_steps") or 0)
-  progress = _Progress(num_tasks * steps, next_task * steps, num_tasks)
-
-  def save(next_task_id, partial=None, partial_tasks=None):
-    tree = {"bank": bank.state_dict(), "task_batch_stats": task_batch_stats,
-            "kept_scores": kept_scores, "score_sum": score_sum}
-    if partial is not None:
-      tree["partial"] = partial
-    ckpt.save(next_task_id * (steps + 1) + (int(partial["step"].max()) if partial else 0),
-              jax.tree.map(np.asarray, tree),
-              {"next_task": next_task_id, "record": rec, "config": cfg_dict,
-               "partial_tasks": partial_tasks})
-
-  run_start = time.time() - float(rec.get("elapsed_s", 0.0))
-  task = next_task
-  while task < num_tasks:
-    group = list(range(task, min(task + parallel, num_tasks)))
-    t_task = time.time()
-    states = []
-    for t in group:
-      init_scores = None
-      if config.get("transfer") and group[0] > 0:
-        # SupSup-Transfer: start from the mean scores of the finished tasks.
-        init_scores = jax.tree.map(lambda s: s / group[0], score_sum)
-      states.append(training.init_task_state(
-          masked, weights, setup.optimizer, _task_key(config.seed, t),
-          batch_stats=setup.initial_batch_stats, scores=init_scores))
-    if partial_state is not None and len(group) > 1:
-      state = _tree_to_state(partial_state, training.stack_states(states))
-    elif partial_state is not None:
-      state = _tree_to_state(partial_state, states[0])
-    else:
-      state = training.stack_states(states) if len(group) > 1 else states[0]
-    partial_state = None
-    task_ids = jnp.asarray(group, jnp.int32)
-    done = int(np.max(np.asarray(state.step)))
-    label = (f"tasks {group[0] + 1}-{group[-1] + 1}/{num_tasks}" if len(group) > 1
-             else f"task {group[0] + 1}/{num_tasks}")
-    while done < steps:
-      n = min(log_every, steps - done)
-      if ckpt_every:
-        n = min(n, ckpt_every - done % ckpt_every)
-      if len(group) > 1:
-        state, mets = chunk_multi(weights, data_arrays, state, task_ids, n)
-        mets = jax.tree.map(jnp.mean, mets)
-      else:
-        state, mets = chunk_single(weights, data_arrays, state, task_ids[0], n)
-      done += n
-      progress.done += n * len(group)
-      progress.report(group[0], done, steps, mets, label)
-      if ckpt_every and done % ckpt_every == 0 and done < steps:
-        rec["elapsed_s"] = time.time() - run_start
-        save(group[0], _state_to_tree(state), group)
-    # Task(s) finished: store masks, stats, scores.
-    for i, t in enumerate(group):
-      st = training.unstack_state(state, i) if len(group) > 1 else state
-      bank.add(setup.mask_spec(st.scores))
-      if st.batch_stats:
-        task_batch_stats[str(t)] = jax.tree.map(np.asarray, st.batch_stats)
-      if keep_scores:
-        kept_scores[str(t)] = jax.tree.map(np.asarray, st.scores)
-      score_sum = jax.tree.map(jnp.add, score_sum, st.scores)
-      rec["just_trained"].append(evaluator.task_given_accuracy(
-          t, weights, task_batch_stats.get(str(t))))
-    wall = (time.time() - t_task) / len(group)
-    rec["task_wall_s"].extend([wall] * len(group))
-    task = group[-1] + 1
-    for point in eval_points:
-      if group[0] < point <= task and point not in rec["eval_after"]:
-        row, inf_row = evaluator.evaluate_all(point, weights, task_batch_stats)
-        rec["eval_after"].append(point)
-        rec["rows"].append(row)
-        rec["inference_rows"].append(inf_row)
-        if evaluator.comparison:
-          rec.setdefault("compare", []).append(
-              {obj: metrics.average_accuracy(list(accs.values()))
-               for obj, accs in evaluator.comparison.items()})
-          evaluator.comparison.clear()
-        msg = f"after {point} tasks: average accuracy {metrics.average_accuracy(row):.4f}"
-        if inf_row is not None:
-          msg += f", task-inference accuracy {metrics.average_accuracy(inf_row):.4f}"
-        logging.info(msg)
-    rec["elapsed_s"] = time.time() - run_start
-    save(task)
-
-  results = _finish(config, workdir, rec, bank, time.time() - run_start, setup)
+    if state is not None and state.writer is not None:
+      state.writer.close()
   logging.info("Done in %.1fs (this process %.1fs); results in %s",
                results["wall_time_s"], time.time() - t_start, workdir)
   return results
 
 
-def _finish(config, workdir, rec, bank, wall, setup) -> dict:
+def _finish(run: _Run, extra: Mapping, wall: float) -> dict:
+  config, rec = run.config, run.rec
   final_row = rec["rows"][-1]
-  inf_rows = rec["inference_rows"] if config.scenario != "GG" else None
+  gn = config.scenario != "GG"
+  num_learned = extra.get("masks_allocated", config.num_tasks)
   results = {
       "experiment": config.experiment,
       "scenario": config.scenario,
+      "method": run.learner.name,
+      "trains_weights": run.learner.trains_weights,
       "num_tasks": config.num_tasks,
       "avg_accuracy": metrics.average_accuracy(final_row),
       "accuracy_matrix": rec["rows"],
       "eval_after_tasks": rec["eval_after"],
       "accuracy_just_trained": rec["just_trained"],
-      "forgetting": metrics.forgetting(rec["just_trained"], final_row),
-      "bytes_per_task": bank.bytes_per_task,
-      "mask_bank_bytes": bank.nbytes,
-      "steps_per_task": setup.steps_per_task,
+      **run.learner.summary(run.memory, num_learned),
+      "steps_per_task": run.setup.steps_per_task,
       "wall_time_s": wall,
       "wall_time_per_task_s": rec["task_wall_s"],
       "device": str(jax.devices()[0].device_kind),
+      "device_count": jax.device_count(),
+      "mesh": distributed.describe(run.mesh or distributed.make_mesh(
+          config.get("mesh"))),
       "config": config.to_dict(),
+      **extra,
   }
-  if inf_rows is not None:
+  if gn:
+    inf_rows = rec["inference_rows"]
     results["task_inference_accuracy"] = metrics.average_accuracy(inf_rows[-1])
     results["task_inference_matrix"] = inf_rows
     results["avg_accuracy_by_eval"] = [metrics.average_accuracy(r) for r in rec["rows"]]
     results["task_inference_accuracy_by_eval"] = [
         metrics.average_accuracy(r) for r in inf_rows]
-  if rec.get("compare"):
-    # Task-inference accuracy of the other objectives at each evaluation point.
-    results["task_inference_accuracy_other_objectives"] = rec["compare"]
-  metrics.write_json_atomic(os.path.join(workdir, "results.json"), results)
-  metrics.write_accuracy_csv(os.path.join(workdir, "accuracy.csv"),
-                             rec["eval_after"], rec["rows"], inf_rows)
-  metrics.plot_accuracy(os.path.join(workdir, "accuracy.png"), rec["eval_after"],
-                        rec["rows"], f"{config.experiment} ({config.scenario})", inf_rows)
+    if any(rec["other_inference"]):
+      # Task-inference accuracy of the other objectives at each evaluation point.
+      results["task_inference_accuracy_other_objectives"] = rec["other_inference"]
+  results.update(metrics.continual_metrics(results))
+  if distributed.is_writer():  # multi-host: process 0 writes
+    metrics.write_run_outputs(run.workdir, results)
+    # Last, atomically: a results.json means the run and its outputs are complete.
+    metrics.write_json_atomic(os.path.join(run.workdir, "results.json"), results)
   return results

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supsup_jax import bank as bank_lib
 from supsup_jax import tree as tree_lib
-from supsup_jax.bank import MaskBank
-from supsup_jax.training import MaskedModel
+from supsup_jax.masked_model import MaskedModel
 
 OBJECTIVES = ("entropy", "g")
 ALGORITHMS = ("oneshot", "binary")
@@ -104,79 +104,32 @@ def effective_weight_grad(masked: MaskedModel, weights, mixed_masks: Mapping,
   return jax.tree.map(jnp.multiply, grad_eff, w_masked)
 
 
-def _byte_lut(flat_g: jax.Array, num_bytes: int) -> jax.Array:
-  """lut[j, v] = sum_b bit_b(v) * g[8j + b] (numpy bit order: MSB first)."""
-  g = jnp.pad(flat_g, (0, num_bytes * 8 - flat_g.shape[0])).reshape(num_bytes, 8)
-  values = jnp.arange(256, dtype=jnp.uint8)
-  shifts = (7 - jnp.arange(8)).astype(jnp.uint8)
-  bits = ((values[:, None] >> shifts[None, :]) & 1).astype(g.dtype)  # [256, 8]
-  return g @ bits.T  # [num_bytes, 256]
-
-
-def bank_dot(rows: jax.Array, flat_g: jax.Array, num_rows: jax.Array | int | None = None,
-             *, packed: bool = True, block: int = 64) -> jax.Array:
-  """``unpack(rows[:num_rows]) @ flat_g`` without unpacking to floats.
-
-  Args:
-    rows: ``[capacity, bytes]`` uint8 (packed) or ``[capacity, num_bits]`` bool;
-      capacity a multiple of ``block``. Passed whole (no slicing copy).
-    flat_g: ``[num_bits]`` float32.
-    num_rows: rows in use (may be traced); only ``ceil(num_rows / block)``
-      blocks are read, so one compiled program serves a growing bank.
-    block: rows per block (bounds temporaries to block x bytes).
-  Returns:
-    ``[capacity]`` float32; entries past ``num_rows`` are 0.
-  """
-  capacity = rows.shape[0]
-  if capacity % block:
-    pad = block - capacity % block
-    rows = jnp.pad(rows, ((0, pad), (0, 0)))
-  num_rows = capacity if num_rows is None else num_rows
-  if packed:
-    lut = _byte_lut(flat_g, rows.shape[1])
-
-    def one(rb):
-      return jnp.take_along_axis(lut, rb.T.astype(jnp.int32), axis=1).sum(0)
-  else:
-    def one(rb):
-      return rb.astype(flat_g.dtype) @ flat_g
-
-  def body(i, out):
-    rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
-    return jax.lax.dynamic_update_slice_in_dim(out, one(rb), i * block, 0)
-
-  n_blocks = (num_rows + block - 1) // block
-  out = jax.lax.fori_loop(0, n_blocks, body, jnp.zeros((rows.shape[0],), flat_g.dtype))
-  return out[:capacity]
-
-
 @functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
                                               "packed", "block"))
 def _alpha_grad(masked, layout, weights, rows, counts, num_tasks, images,
                 batch_stats, objective, packed, block):
   mean = layout.unflatten(counts.astype(jnp.float32) / num_tasks)
   g_tree = effective_weight_grad(masked, weights, mean, images, objective, batch_stats)
-  return bank_dot(rows, layout.flatten(g_tree), num_tasks.astype(jnp.int32),
-                  packed=packed, block=block)
+  return bank_lib.rows_dot(rows, layout.flatten(g_tree), num_tasks.astype(jnp.int32),
+                           packed=packed, block=block)
 
 
-def alpha_grad(masked: MaskedModel, weights, bank: MaskBank, images: jax.Array, *,
+def alpha_grad(masked: MaskedModel, weights, bank, images: jax.Array, *,
                objective: str = "entropy", batch_stats=None,
                block: int = 64) -> jax.Array:
   """d obj / d alpha at the uniform superposition of all tasks in ``bank``.
 
-  images: ``[B, *input_shape]``. Returns ``[bank.num_tasks]`` float32.
-  Uses the bank's incrementally kept mean mask and reads its storage in place;
+  bank: a :class:`~supsup_jax.bank.BankState` or ``MaskBank``.
+  images: ``[B, *input_shape]``. Returns ``[num_tasks]`` float32.
+  Uses the bank's incrementally kept mean mask and reads its rows in place;
   the compiled program depends only on the bank's capacity, not on how many
   tasks it holds.
   """
-  check_objective(objective)
-  if bank.num_tasks == 0:
-    raise ValueError("task inference needs at least one mask in the bank")
-  grads = _alpha_grad(masked, bank.layout, weights, bank.storage, bank.counts,
-                      jnp.float32(bank.num_tasks), images, batch_stats,
-                      objective, bank.packed, block)
-  return grads[:bank.num_tasks]
+  state, k = _check_bank(bank, objective, images)
+  grads = _alpha_grad(masked, state.layout, weights, state.rows, state.counts,
+                      state.num_tasks.astype(jnp.float32), images, batch_stats,
+                      objective, state.packed, block)
+  return grads[:k]
 
 
 def _unpack_block(rows, i, block, layout, packed):
@@ -196,7 +149,7 @@ def _alpha_grads_units(masked, layout, weights, rows, counts, num_tasks, alive,
   Returns [N, capacity]; every product is a matmul over a block of unpacked
   rows, so N units cost about as much as one pass over the bank.
   """
-  capacity = rows.shape[0]  # a multiple of block (MaskBank.ROW_ALIGN)
+  capacity = rows.shape[0]  # a multiple of block (bank.ROW_ALIGN)
   n_blocks = (num_tasks.astype(jnp.int32) + block - 1) // block
   n_units = images_many.shape[0]
   if all_alive:
@@ -236,61 +189,67 @@ def _unpack_rows_per_block(num_bits: int, block: int) -> int:
   return rows
 
 
-def _units_call(masked, weights, bank, images_many, alive, objective, batch_stats,
-                block):
-  block = _unpack_rows_per_block(bank.layout.num_bits, block)
+def _units_call(masked, weights, state, k, images_many, alive, objective,
+                batch_stats, block):
+  block = _unpack_rows_per_block(state.layout.num_bits, block)
   all_alive = alive is None
   if all_alive:
     alive = jnp.zeros((1, 1), bool)
   else:
-    alive = jnp.pad(jnp.asarray(alive, bool),
-                    ((0, 0), (0, bank.storage.shape[0] - bank.num_tasks)))
-  grads = _alpha_grads_units(masked, bank.layout, weights, bank.storage, bank.counts,
-                             jnp.float32(bank.num_tasks), alive, images_many,
-                             batch_stats, objective, bank.packed, block, all_alive)
-  return grads[:, :bank.num_tasks]
+    alive = jnp.pad(jnp.asarray(alive, bool), ((0, 0), (0, state.capacity - k)))
+  grads = _alpha_grads_units(masked, state.layout, weights, state.rows, state.counts,
+                             state.num_tasks.astype(jnp.float32), alive, images_many,
+                             batch_stats, objective, state.packed, block, all_alive)
+  return grads[:, :k]
 
 
-def _check_bank(bank: MaskBank, objective: str) -> None:
+def _check_bank(bank, objective: str, images, num_tasks: int | None = None):
+  """(BankState, number of stored tasks) after checking the inputs."""
   check_objective(objective)
-  if bank.num_tasks == 0:
+  state = bank_lib.as_state(bank)
+  k = int(state.num_tasks) if num_tasks is None else int(num_tasks)
+  if k == 0:
     raise ValueError("task inference needs at least one mask in the bank")
+  if np.size(images) == 0:
+    raise ValueError(f"task inference needs at least one image, got shape {np.shape(images)}")
+  if not bool(jnp.all(jnp.isfinite(images))):
+    raise ValueError("task inference got non-finite images (NaN or inf); check the input data")
+  return state, k
 
 
-def alpha_grads_many(masked: MaskedModel, weights, bank: MaskBank,
-                     images_many: jax.Array, *, objective: str = "entropy",
-                     batch_stats=None, block: int = 64,
-                     unit_chunk: int = 64) -> jax.Array:
+def alpha_grads_many(masked: MaskedModel, weights, bank, images_many: jax.Array, *,
+                     objective: str = "entropy", batch_stats=None, block: int = 64,
+                     unit_chunk: int = 64, num_tasks: int | None = None) -> jax.Array:
   """Alpha-gradients at the uniform superposition for N independent units.
 
   images_many: ``[N, n, *input_shape]`` (N units of n images each).
-  Returns ``[N, bank.num_tasks]``. Units are processed ``unit_chunk`` at a
-  time (bounds memory to unit_chunk x num_bits floats).
+  Returns ``[N, num_tasks]``. Units are processed ``unit_chunk`` at a
+  time (bounds memory to unit_chunk x num_bits floats). ``num_tasks`` (the
+  bank's, if given) saves a device sync.
   """
-  _check_bank(bank, objective)
-  out = [_units_call(masked, weights, bank, images_many[i:i + unit_chunk], None,
+  state, k = _check_bank(bank, objective, images_many, num_tasks)
+  out = [_units_call(masked, weights, state, k, images_many[i:i + unit_chunk], None,
                      objective, batch_stats, block)
          for i in range(0, images_many.shape[0], unit_chunk)]
   return jnp.concatenate(out)
 
 
-def binary_many(masked: MaskedModel, weights, bank: MaskBank,
-                images_many: jax.Array, *, objective: str = "entropy",
-                batch_stats=None, block: int = 64, unit_chunk: int = 16) -> np.ndarray:
+def binary_many(masked: MaskedModel, weights, bank, images_many: jax.Array, *,
+                objective: str = "entropy", batch_stats=None, block: int = 64,
+                unit_chunk: int = 16, num_tasks: int | None = None) -> np.ndarray:
   """Binary task inference for N units at once; returns ``[N]`` task ids.
 
   Each round keeps, per unit, the half of its candidates with the smallest
   gradient and resets alpha uniform over them (<= log2 k + 1 rounds).
   """
-  _check_bank(bank, objective)
-  k = bank.num_tasks
+  state, k = _check_bank(bank, objective, images_many, num_tasks)
   picks = []
   for start in range(0, images_many.shape[0], unit_chunk):
     images = images_many[start:start + unit_chunk]
     alive = np.ones((images.shape[0], k), bool)
     n_alive = k
     while n_alive > 1:
-      g = np.asarray(_units_call(masked, weights, bank, images,
+      g = np.asarray(_units_call(masked, weights, state, k, images,
                                  None if n_alive == k else alive,
                                  objective, batch_stats, block))
       g = np.where(alive, g, np.inf)
@@ -302,21 +261,21 @@ def binary_many(masked: MaskedModel, weights, bank: MaskBank,
   return np.concatenate(picks)
 
 
-def oneshot(masked: MaskedModel, weights, bank: MaskBank, images, *,
+def oneshot(masked: MaskedModel, weights, bank, images, *,
             objective: str = "entropy", batch_stats=None) -> int:
   """One-shot task inference: argmin of the alpha-gradient."""
   return int(jnp.argmin(alpha_grad(masked, weights, bank, images,
                                    objective=objective, batch_stats=batch_stats)))
 
 
-def binary(masked: MaskedModel, weights, bank: MaskBank, images, *,
+def binary(masked: MaskedModel, weights, bank, images, *,
            objective: str = "entropy", batch_stats=None, block: int = 64) -> int:
   """Binary task inference for one batch of images [B, ...] (see binary_many)."""
   return int(binary_many(masked, weights, bank, images[None], objective=objective,
                          batch_stats=batch_stats, block=block)[0])
 
 
-def infer_task(masked: MaskedModel, weights, bank: MaskBank, images, *,
+def infer_task(masked: MaskedModel, weights, bank, images, *,
                algorithm: str = "oneshot", objective: str = "entropy",
                batch_stats=None) -> int:
   """Infers the task of a batch of images with the chosen algorithm."""

@@ -26,6 +26,7 @@ serves GG; GNs/GNu need ``infer_task``; NNs needs ``infer_task``,
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 Memory = Any
@@ -95,3 +96,11 @@ def check_serves(learner: Learner, scenario: str) -> None:
 
 def serves(learner: Learner, scenario: str) -> bool:
   return all(getattr(learner, f) is not None for f in _NEEDS[scenario])
+
+
+def steps_per_task(config, stream) -> int:
+  """Train steps per task of an experiment config: ``iterations_per_task``,
+  or ``epochs_per_task`` epochs of task 0's training split."""
+  if config.get("iterations_per_task"):
+    return int(config.iterations_per_task)
+  return int(math.ceil(config.epochs_per_task * stream.train_size(0) / config.batch_size))

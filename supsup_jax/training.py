@@ -1,4 +1,4 @@
-"""Training a task's scores over frozen weights.
+"""Training a task's scores over frozen weights (SupSup's inner loop).
 
 The per-task training state is a plain pytree (:class:`TaskState`): scores,
 optimizer state, that task's batch-norm statistics, a step counter and a PRNG
@@ -11,20 +11,19 @@ state and the batch to train several tasks' masks at once (GG).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Mapping
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from supsup_jax import masks as masks_lib
-
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
-SCHEDULES = ("constant", "cosine")
+from supsup_jax.masked_model import MaskedModel
+from supsup_jax.masked_model import accuracy
+from supsup_jax.masked_model import cross_entropy
+from supsup_jax.optim import make_optimizer  # noqa: F401  (kept importable from here)
 
 
 @flax.struct.dataclass
@@ -35,114 +34,6 @@ class TaskState:
   batch_stats: Any  # {} for models without batch norm
   step: jax.Array
   key: jax.Array
-
-
-def make_schedule(learning_rate: float, schedule: str = "constant", *,
-                  total_steps: int = 1, warmup_steps: int = 0) -> optax.Schedule:
-  if schedule not in SCHEDULES:
-    raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
-  if not learning_rate > 0:
-    raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-  if schedule == "constant":
-    if warmup_steps:
-      return optax.join_schedules(
-          [optax.linear_schedule(0.0, learning_rate, warmup_steps),
-           optax.constant_schedule(learning_rate)], [warmup_steps])
-    return optax.constant_schedule(learning_rate)
-  return optax.warmup_cosine_decay_schedule(
-      0.0 if warmup_steps else learning_rate, learning_rate,
-      max(warmup_steps, 0), max(total_steps, warmup_steps + 1), 0.0)
-
-
-def make_optimizer(name: str = "rmsprop", learning_rate: float = 1e-4, *,
-                   momentum: float = 0.9, weight_decay: float = 0.0,
-                   schedule: str = "constant", total_steps: int = 1,
-                   warmup_steps: int = 0) -> optax.GradientTransformation:
-  """Optimizer over the scores, with PyTorch's conventions.
-
-  Weight decay is L2 added to the gradient before the update (PyTorch's
-  ``weight_decay``); RMSprop uses decay 0.99 and eps 1e-8 outside the sqrt.
-  """
-  if name not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
-  lr = make_schedule(learning_rate, schedule, total_steps=total_steps,
-                     warmup_steps=warmup_steps)
-  if name == "rmsprop":
-    base = optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False)
-  elif name == "adam":
-    base = optax.adam(lr)
-  else:
-    base = optax.sgd(lr, momentum=momentum or None)
-  if weight_decay:
-    return optax.chain(optax.add_decayed_weights(weight_decay), base)
-  return base
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskSpec:
-  """How scores become masks: kind "topk" with fraction(s) k, or "threshold"."""
-  kind: str = "topk"
-  k: float | Mapping = 0.5
-
-  def __post_init__(self):
-    if self.kind not in masks_lib.MASK_KINDS:
-      raise ValueError(f"unknown mask kind {self.kind!r}; allowed: "
-                       f"{', '.join(masks_lib.MASK_KINDS)}")
-    if self.kind == "topk":
-      if isinstance(self.k, Mapping):
-        jax.tree.map(masks_lib.check_fraction, dict(self.k))
-      else:
-        masks_lib.check_fraction(self.k)
-
-  def __hash__(self):
-    return hash((self.kind, str(self.k)))
-
-  def __call__(self, scores: Mapping) -> dict:
-    return masks_lib.masks_from_scores(scores, self.kind, self.k)
-
-
-class MaskedModel:
-  """A Flax model whose maskable weights are multiplied by a supermask.
-
-  Attributes:
-    model: the Flax module; ``model.apply(variables, x, train=...)``.
-    mask_spec: how scores turn into masks.
-    num_classes: real classes per task; logits beyond them are superfluous
-      neurons (trained down by the cross-entropy, ignored by accuracy).
-  """
-
-  def __init__(self, model: nn.Module, mask_spec: MaskSpec, num_classes: int):
-    self.model = model
-    self.mask_spec = mask_spec
-    self.num_classes = num_classes
-
-  def logits_with_masks(self, weights, masks, batch_stats, images, train: bool,
-                        key: jax.Array | None = None):
-    """Logits [B, num_outputs] and updated batch_stats, given masks."""
-    params = masks_lib.apply_masks(weights, masks)
-    variables = {"params": params}
-    if batch_stats:
-      variables["batch_stats"] = batch_stats
-    rngs = {"dropout": key} if key is not None else None
-    if train and batch_stats:
-      logits, updates = self.model.apply(variables, images, train=True,
-                                         mutable=["batch_stats"], rngs=rngs)
-      return logits, updates["batch_stats"]
-    return self.model.apply(variables, images, train=train, rngs=rngs), batch_stats
-
-  def logits(self, weights, scores, batch_stats, images, train: bool,
-             key: jax.Array | None = None):
-    return self.logits_with_masks(weights, self.mask_spec(scores), batch_stats,
-                                  images, train, key)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def accuracy(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
-  """Accuracy with the prediction restricted to the real classes."""
-  return jnp.mean(jnp.argmax(logits[:, :num_classes], -1) == labels)
 
 
 def init_task_state(masked: MaskedModel, weights, optimizer, key: jax.Array,

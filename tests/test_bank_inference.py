@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supsup_jax import masked_model as ss_masked
 from supsup_jax import bank as bank_lib
 from supsup_jax import inference
 from supsup_jax import masks as masks_lib
@@ -18,13 +19,84 @@ X28 = np.zeros((1, 28, 28, 1), np.float32)
 def _setup(outputs=10, classes=10):
   model = models.LeNet300100(outputs)
   weights = weights_lib.init_weights(model, 0, X28)
-  masked = training.MaskedModel(model, training.MaskSpec("threshold"), classes)
+  masked = ss_masked.MaskedModel(model, masks_lib.MaskSpec("threshold"), classes)
   return model, weights, masked
 
 
 def _random_masks(weights, seed):
   return masks_lib.masks_from_scores(
       masks_lib.init_scores(weights, jax.random.key(seed)), "threshold")
+
+
+class BankStateTest(absltest.TestCase):
+  """The pure bank functions, under jit, against a direct NumPy reference."""
+
+  def setUp(self):
+    super().setUp()
+    _, self.weights, _ = _setup()
+    self.stored = [_random_masks(self.weights, s) for s in range(4)]
+    layout = bank_lib.Layout.from_tree(self.stored[0])
+    self.flat = [np.asarray(layout.flatten(m)) for m in self.stored]
+
+  def _filled(self):
+    state = bank_lib.init(self.stored[0], capacity=8)
+    add = jax.jit(bank_lib.add, donate_argnums=0)
+    for m in self.stored:
+      state = add(state, m)
+    return state
+
+  def test_add_get_mean_bit_for_bit(self):
+    state = self._filled()
+    ref_rows = np.stack([np.packbits(f > 0.5) for f in self.flat])
+    ref_counts = np.sum([f > 0.5 for f in self.flat], axis=0).astype(np.int32)
+    self.assertEqual(int(state.num_tasks), 4)
+    self.assertEqual(state.capacity, bank_lib.ROW_ALIGN)
+    np.testing.assert_array_equal(np.asarray(state.rows[:4]), ref_rows)
+    self.assertFalse(np.any(np.asarray(state.rows[4:])))
+    np.testing.assert_array_equal(np.asarray(state.counts), ref_counts)
+    get = jax.jit(bank_lib.get)
+    for t, m in enumerate(self.stored):
+      for a, b in zip(jax.tree.leaves(get(state, jnp.int32(t))), jax.tree.leaves(m)):
+        np.testing.assert_array_equal(a, b)
+    mean = jax.jit(bank_lib.mean_masks)(state)
+    ref_mean = state.layout.unflatten(jnp.asarray(ref_counts, jnp.float32) / 4)
+    for a, b in zip(jax.tree.leaves(mean), jax.tree.leaves(ref_mean)):
+      np.testing.assert_array_equal(a, b)
+
+  def test_put_replaces_a_task_and_its_counts(self):
+    state = self._filled()
+    state = jax.jit(bank_lib.put)(state, jnp.int32(1), self.stored[3])
+    ref = [self.flat[0], self.flat[3], self.flat[2], self.flat[3]]
+    np.testing.assert_array_equal(
+        np.asarray(state.counts), np.sum([f > 0.5 for f in ref], axis=0))
+    self.assertEqual(int(state.num_tasks), 4)
+    with self.assertRaisesRegex(ValueError, "outside the bank's capacity"):
+      bank_lib.put(state, 64, self.stored[0])
+
+  def test_dot_matches_unpacked_product(self):
+    state = self._filled()
+    g = jax.random.normal(jax.random.key(5), (state.layout.num_bits,))
+    fast = jax.jit(bank_lib.dot)(state, g)
+    ref = np.stack(self.flat).astype(np.float64) @ np.asarray(g, np.float64)
+    np.testing.assert_allclose(np.asarray(fast[:4]), ref, rtol=1e-4, atol=1e-3)
+    self.assertFalse(np.any(np.asarray(fast[4:])))
+    np.testing.assert_array_equal(np.asarray(bank_lib.dot(state, g)), np.asarray(fast))
+
+  def test_wrapper_checks_task_ids_and_values(self):
+    bank = bank_lib.MaskBank(self.weights)
+    bank.add(self.stored[0])
+    for ok in (0, np.int64(0), jnp.int32(0)):
+      bank.get(ok)
+    for bad, msg in ((1, "never added"), (-1, "never added"), (0.0, "must be an integer"),
+                     (True, "must be an integer")):
+      with self.assertRaisesRegex(ValueError, msg):
+        bank.get(bad)
+    nan_masks = jax.tree.map(lambda m: m * jnp.nan, self.stored[1])
+    with self.assertRaisesRegex(ValueError, "exactly 0 or 1"):
+      bank.add(nan_masks)
+    with self.assertRaisesRegex(ValueError, "exactly 0 or 1"):
+      bank.add(jax.tree.map(lambda m: m * 0.5, self.stored[1]))
+    self.assertEqual(bank.num_tasks, 1)
 
 
 class BankTest(parameterized.TestCase):
@@ -167,7 +239,7 @@ class AlphaGradientTest(parameterized.TestCase):
       state = training.init_task_state(masked, weights, opt, jax.random.key(t))
       for _ in range(40):
         state, _ = step(weights, state, images, labels)
-      bank.add(training.MaskSpec("threshold")(state.scores))
+      bank.add(masks_lib.MaskSpec("threshold")(state.scores))
     for t in range(4):
       x = task_data[t][:32]
       self.assertEqual(inference.oneshot(masked, weights, bank, x), t)
@@ -187,7 +259,8 @@ class AlphaGradientTest(parameterized.TestCase):
       bank.add(_random_masks(weights, s))
     alive = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1], bool)
     x = jax.random.normal(jax.random.key(3), (8, 28, 28, 1))
-    fast = inference._units_call(masked, weights, bank, x[None], alive[None],
+    fast = inference._units_call(masked, weights, bank.state, bank.num_tasks, x[None],
+                                 alive[None],
                                  "entropy", None, 64)[0]
     alphas = jnp.asarray(alive, jnp.float32) / alive.sum()
     reference = jax.grad(lambda a: inference.superposed_objective(

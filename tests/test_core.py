@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supsup_jax import optim
+from supsup_jax import masked_model as ss_masked
 from supsup_jax import masks as masks_lib
 from supsup_jax import models
 from supsup_jax import training
@@ -195,7 +197,7 @@ class TrainingInvariantsTest(absltest.TestCase):
     model = models.LeNet300100(10)
     weights = _lenet_weights()
     snapshot = jax.tree.map(lambda w: np.array(w, copy=True), weights)
-    masked = training.MaskedModel(model, training.MaskSpec("topk", 0.5), 10)
+    masked = ss_masked.MaskedModel(model, masks_lib.MaskSpec("topk", 0.5), 10)
     opt = training.make_optimizer("adam", 1e-2)
     state = training.init_task_state(masked, weights, opt, jax.random.key(0))
     scores0 = jax.tree.map(np.asarray, state.scores)
@@ -227,7 +229,7 @@ class TrainingInvariantsTest(absltest.TestCase):
       training.make_optimizer("adam", 1e-3, schedule="step")
 
   def test_cosine_schedule_with_warmup(self):
-    sched = training.make_schedule(1.0, "cosine", total_steps=100, warmup_steps=10)
+    sched = optim.make_schedule(1.0, "cosine", total_steps=100, warmup_steps=10)
     self.assertAlmostEqual(float(sched(0)), 0.0)
     self.assertAlmostEqual(float(sched(10)), 1.0, places=5)
     self.assertLess(float(sched(99)), 0.01)

@@ -1,5 +1,6 @@
 """End-to-end runs on the real MNIST in $SUPSUP_DATA_DIR: accuracy floors,
 task-parallel training, per-task batch norm, resume after SIGKILL."""
+import dataclasses
 import json
 import os
 import signal
@@ -16,10 +17,9 @@ from launch.configs import gg_permuted_mnist
 from launch.configs import gg_split_mnist
 from launch.configs import gnu_permuted_mnist_lenet
 from launch.configs import gns_split_mnist
-from supsup_jax import bank as bank_lib
 from supsup_jax import evaluation
 from supsup_jax import experiment
-from supsup_jax import training
+from supsup_jax import state_io
 from supsup_jax.checkpoint import ConfigMismatchError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,15 +87,16 @@ class TransferTest(absltest.TestCase):
     c.keep_scores = True
     workdir = self.create_tempdir().full_path
     experiment.run(c, workdir)
+    setup = experiment.build(c)
+    template = setup.learner.init_memory()
     tree, _ = experiment.ckpt_lib.RunCheckpointer(workdir, c.to_dict()).restore()
-    kept = tree["kept_scores"]
+    kept = np.asarray(state_io.from_saveable(tree["memory"], template)
+                      ["kept_scores"]["Dense_0"]["kernel"])
     # Task 2's scores moved at most 30 RMSprop steps (<= ~10 * lr each) away
     # from the mean of tasks 0 and 1, far closer than a fresh random init.
-    mean01 = (kept["0"]["Dense_0"]["kernel"] + kept["1"]["Dense_0"]["kernel"]) / 2
-    setup = experiment.build(c)
-    fresh = training.init_task_state(setup.masked, setup.weights, setup.optimizer,
-                                     experiment._task_key(c.seed, 2)).scores
-    dist_transfer = np.abs(kept["2"]["Dense_0"]["kernel"] - mean01).mean()
+    mean01 = (kept[0] + kept[1]) / 2
+    fresh = setup.learner.init_task(template, 2, experiment.task_key(c.seed, 2)).scores
+    dist_transfer = np.abs(kept[2] - mean01).mean()
     dist_fresh = np.abs(np.asarray(fresh["Dense_0"]["kernel"]) - mean01).mean()
     self.assertLess(dist_transfer, 0.2 * dist_fresh)
 
@@ -105,22 +106,24 @@ class TaskParallelTest(absltest.TestCase):
   def test_vmap_training_matches_sequential(self):
     c = _permuted_config(num_tasks=3, iterations=30)
     setup = experiment.build(c)
+    learner = setup.learner
+    memory = learner.init_memory()
     data = setup.stream.device_arrays
-    states = [training.init_task_state(setup.masked, setup.weights, setup.optimizer,
-                                       experiment._task_key(c.seed, t))
+    states = [learner.init_task(memory, t, experiment.task_key(c.seed, t))
               for t in range(3)]
-    single = experiment.make_chunk_fn(setup, c.batch_size, parallel=False)
-    multi = experiment.make_chunk_fn(setup, c.batch_size, parallel=True)
-    stacked, _ = multi(setup.weights, data, training.stack_states(states),
-                       jnp.arange(3, dtype=jnp.int32), 30)
+    single = experiment.make_chunk_fn(learner, setup.stream, c.batch_size, parallel=False)
+    multi = experiment.make_chunk_fn(learner, setup.stream, c.batch_size, parallel=True)
+    stacked, _ = multi(memory, data, experiment.stack(states),
+                       jnp.arange(3, dtype=jnp.int32), jnp.int32(0), 30)
     for t in range(3):
-      one, _ = single(setup.weights, data, states[t], jnp.int32(t), 30)
-      par = training.unstack_state(stacked, t)
+      one, _ = single(memory, data, states[t], jnp.int32(t), jnp.int32(0), 30)
+      par = experiment.unstack(stacked, t)
       for a, b in zip(jax.tree.leaves(one.scores), jax.tree.leaves(par.scores)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
-      masks_one = setup.mask_spec(one.scores)
-      masks_par = setup.mask_spec(par.scores)
-      for a, b in zip(jax.tree.leaves(masks_one), jax.tree.leaves(masks_par)):
+      # The mask bits the learner stores.
+      mask_of = lambda s: np.unpackbits(np.asarray(
+          learner.end_task(memory, s, 0)["bank"].rows[0]))
+      for a, b in [(mask_of(one), mask_of(par))]:
         # Identical up to scores within float rounding of zero.
         self.assertLess(float(jnp.mean(a != b)), 1e-4)
 
@@ -167,22 +170,23 @@ class GNuRunTest(absltest.TestCase):
     mask, GNu counts it as all wrong."""
     c = gns_split_mnist.get_config()
     c.num_tasks = 2
-    c.eval_batches_per_task = 3
     setup = experiment.build(c)
-    state = training.init_task_state(setup.masked, setup.weights, setup.optimizer,
-                                     jax.random.key(0))
-    chunk = experiment.make_chunk_fn(setup, c.batch_size, parallel=False)
-    state, _ = chunk(setup.weights, setup.stream.device_arrays, state, jnp.int32(0), 150)
-    bank = bank_lib.MaskBank(state.scores)
-    bank.add(setup.mask_spec(state.scores))
-    bank.add(setup.mask_spec(state.scores))  # task 1 holds the same mask
+    learner = setup.learner
+    memory = learner.init_memory()
+    state = learner.init_task(memory, 0, jax.random.key(0))
+    chunk = experiment.make_chunk_fn(learner, setup.stream, c.batch_size, parallel=False)
+    state, _ = chunk(memory, setup.stream.device_arrays, state, jnp.int32(0),
+                     jnp.int32(0), 150)
+    memory = learner.end_task(memory, state, 0)
+    memory = learner.end_task(memory, state, 1)  # task 1 holds the same mask
     accuracy = {}
     for scenario in ("GNs", "GNu"):
-      c.scenario = scenario
-      evaluator = evaluation.Evaluator(c, setup, bank)
-      evaluator._infer = lambda weights, units, objective: np.ones(len(units), int)
-      accuracy[scenario], inference_accuracy = evaluator._inferred_accuracy(
-          0, setup.weights, {})
+      always_one = dataclasses.replace(
+          learner, infer_task=lambda memory, n, units: np.ones(len(units), int))
+      evaluator = evaluation.Evaluator(always_one, setup.stream, scenario=scenario,
+                                       num_tasks=2, batch_size=128, max_batches=3)
+      ev = evaluator.evaluate(memory, [0], 2)
+      accuracy[scenario], inference_accuracy = ev.row[0], ev.inference_row[0]
       self.assertEqual(inference_accuracy, 0.0)
     self.assertGreater(accuracy["GNs"], 0.95)
     self.assertEqual(accuracy["GNu"], 0.0)

@@ -10,6 +10,8 @@ import numpy as np
 from launch.configs import gg_split_cifar10
 from launch.configs import gg_split_cifar100
 from launch.configs import gg_split_imagenet
+from supsup_jax import masks as masks_lib
+from supsup_jax import masked_model as ss_masked
 from supsup_jax import data as data_lib
 from supsup_jax import experiment
 from supsup_jax import models
@@ -62,7 +64,7 @@ class PerTaskBatchNormTest(absltest.TestCase):
     x0 = np.zeros((1, 16, 16, 3), np.float32)
     weights = weights_lib.init_weights(model, 0, x0)
     initial = weights_lib.init_model_state(model, x0)["batch_stats"]
-    masked = training.MaskedModel(model, training.MaskSpec("topk", 0.5), 2)
+    masked = ss_masked.MaskedModel(model, masks_lib.MaskSpec("topk", 0.5), 2)
     opt = training.make_optimizer("adam", 1e-2)
     step = jax.jit(training.make_train_step(masked, opt), donate_argnums=1)
     eval_step = training.make_eval_step(masked)

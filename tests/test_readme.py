@@ -21,6 +21,22 @@ class ReadmeTest(absltest.TestCase):
     self.assertEqual(bank.num_tasks, 1)
     self.assertEqual(bank.bytes_per_task, (784 * 300 + 300 * 100 + 100 * 10 + 7) // 8)
 
+  def test_own_learner_example_runs_in_the_loop(self):
+    from launch.configs import gg_permuted_mnist  # pylint: disable=import-outside-toplevel
+    from supsup_jax import experiment  # pylint: disable=import-outside-toplevel
+    text = open(README).read()
+    section = text.split("## Learners and scenarios", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    c = gg_permuted_mnist.get_config()
+    c.num_tasks, c.iterations_per_task, c.eval_batches_per_task = 2, 100, 5
+    setup = experiment.build(c)
+    setup.learner = namespace["from_config"](c, setup.stream)
+    results = experiment.run(c, self.create_tempdir().full_path, setup=setup)
+    self.assertEqual(results["method"], "softmax")
+    self.assertGreater(results["avg_accuracy"], 0.8)
+
   def test_readme_opens_with_two_commands(self):
     text = open(README).read()
     first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)

@@ -5,7 +5,8 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = ""
-  c.scenario = "GG"              # GG | GNs | GNu
+  c.scenario = "GG"              # GG | GNs | GNu | NNs
+  c.method = "supsup"            # the learner (supsup_jax.methods.METHODS)
   # Data.
   c.dataset = "split_mnist"
   c.dataset_options = ml_collections.ConfigDict()
@@ -44,9 +45,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.inference_objective = "entropy"   # entropy (H) | g (G)
   c.inference_examples = 1       # images per batch used to infer; 0 = all
   c.per_example_inference = False
+  # NNs (no task identity): detection of new data.
+  c.nns_check_every = 100        # batches between decisions
+  c.max_masks = 2500             # cap on allocated masks
   c.compare_objectives = ()      # also report task inference with these objectives
   # Bookkeeping.
-  c.keep_scores = True
+  c.keep_scores = True           # also keep each task's real scores in memory
   c.log_every_steps = 250
   c.checkpoint_every_steps = 0   # 0 = only after each task
+  c.stop_after_steps = 0         # > 0: checkpoint and stop after that many steps
+                                 # in this process (time-limited job slots)
   return c

@@ -25,9 +25,24 @@ METHODS: dict[str, str] = {
 }
 
 
+def check_method(method: str) -> None:
+  """One-line ValueError unless ``method`` is registered or "module:function"."""
+  if method in METHODS or (isinstance(method, str) and method.count(":") == 1):
+    return
+  raise ValueError(f"config.method {method!r} unknown; allowed: {', '.join(sorted(METHODS))}, "
+                   "or 'package.module:function' for your own learner")
+
+
 def make_learner(method: str, config: Any, stream: Any):
-  """The learner ``method`` for ``config`` over ``stream`` (one-line errors)."""
-  if method not in METHODS:
-    raise ValueError(f"config.method {method!r} unknown; allowed: {', '.join(sorted(METHODS))}")
-  module, fn = METHODS[method].split(":")
-  return getattr(importlib.import_module(module), fn)(config, stream)
+  """The learner ``method`` for ``config`` over ``stream``.
+
+  ``method`` is a registered name or ``"package.module:function"`` naming
+  your own ``function(config, stream) -> Learner`` (no registration needed).
+  """
+  check_method(method)
+  module, fn = METHODS.get(method, method).split(":")
+  try:
+    factory = getattr(importlib.import_module(module), fn)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"config.method {method!r}: cannot load {module}:{fn} ({e})") from None
+  return factory(config, stream)
