@@ -26,7 +26,7 @@ _DIGESTS = "supsup_sha256.json"
 _log = logging.getLogger(__name__)
 
 # Config keys that may change between a run and its resumption.
-NON_SEMANTIC_KEYS = ("log_every_steps", "checkpoint_every_steps", "data_dir",
+NON_SEMANTIC_KEYS = ("log_every_steps", "checkpoint_every_steps", "stop_after_steps", "data_dir",
                      "download", "progress")
 
 

@@ -12,6 +12,7 @@ edge-popup and SupSup.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -138,7 +139,7 @@ def threshold_mask(scores: jax.Array) -> jax.Array:
 
 
 def er_fraction(shape: tuple[int, ...], sparsity: float) -> float:
-  """ER budget of SPEC 2 for one kernel of shape (..., c_in, c_out).
+  """ER budget (Wortsman et al. 2020, appendix; the authors' code) for one kernel of shape (..., c_in, c_out).
 
   min(0.5, s * (c_in + c_out) / (c_in * c_out * kh * kw)); larger s = denser.
   """
@@ -248,3 +249,25 @@ def apply_masks(weights: Mapping, masks: Mapping) -> dict:
     else:
       out[path] = w
   return tree_lib.unflatten(out)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+  """How scores become masks: kind "topk" with fraction(s) k, or "threshold"."""
+  kind: str = "topk"
+  k: float | Mapping = 0.5
+
+  def __post_init__(self):
+    _check_kind(self.kind)
+    if self.kind == "topk":
+      if isinstance(self.k, Mapping):
+        jax.tree.map(check_fraction, dict(self.k))
+      else:
+        check_fraction(self.k)
+
+  def __hash__(self):
+    return hash((self.kind, str(self.k)))
+
+  def __call__(self, scores: Mapping) -> dict:
+    return masks_from_scores(scores, self.kind, self.k)

@@ -242,6 +242,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Models built from convolutions accept ``conv_general_dilated=`` (e.g. the
+# fast CPU convolution of :mod:`supsup_jax.conv`); the MLPs have no convolution.
+TAKES_CONV_FN = frozenset({"small_conv", "gem_resnet18", "resnet18", "resnet50"})
+
+
 def make_model(name: str, num_outputs: int, **kwargs: Any) -> nn.Module:
   """Builds a model by name (see ``MODELS``)."""
   if name not in MODELS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Normalisation constants (SPEC 8 for MNIST; the usual per-channel values otherwise).
+# Normalisation constants (MNIST as in the SupSup authors' code; the usual per-channel values otherwise).
 NORM = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
