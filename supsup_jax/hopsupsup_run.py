@@ -20,7 +20,8 @@ all (a real-data load test of the store); ``capacity_sweep`` (numbers of
 synthetic random masks) measures energy-only recovery of 10 %-corrupted
 copies against the number of stored patterns at the real layer width.
 
-Writes ``results.json``, ``recovery.csv`` and ``recovery_hamming.png``.
+Writes ``results.json``, ``recovery.csv``, ``recovery_hamming.png`` and
+``stored_masks.npz`` (bool [tasks, d] per layer, the reference masks).
 """
 from __future__ import annotations
 
@@ -141,6 +142,7 @@ def capacity_sweep(parts, d: int, counts, *, flip: float = 0.1, steps: int = 30,
     out.append({"num_masks": int(k), "recovered_fraction": float(jnp.mean(ham == 0)),
                 "mean_final_hamming": float(jnp.mean(ham)),
                 "fixed_point_fraction": float(fixed)})
+    print(f"capacity: {out[-1]}", flush=True)
   return out
 
 
@@ -225,6 +227,10 @@ def run(config, workdir: str) -> dict[str, Any]:
             f"train acc {train_log[-1]['final_train_accuracy']:.3f}, "
             f"mask density {train_log[-1]['mask_density']}", flush=True)
   train_s = time.time() - t_train
+  # The stored masks, to measure recovery (and to redo sweeps without training).
+  np.savez(os.path.join(workdir, "stored_masks.npz"),
+           **{f"layer{l}": np.stack([r[l] for r in reference])
+              for l in range(len(parts.hidden))})
 
   t_rec = time.time()
   data = [test_stream(s, t, rbs, jax.random.fold_in(jax.random.fold_in(key, 1000 + i), t),
@@ -277,6 +283,15 @@ def run(config, workdir: str) -> dict[str, Any]:
       "recovery_time_s": recovery_s,
       "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
   }
+  _plot(os.path.join(workdir, "recovery_hamming.png"), names, curves, d_total)
+  with open(os.path.join(workdir, "recovery.csv.tmp"), "w") as f:
+    f.write("task,step,hamming\n")
+    for n, c in zip(names, curves):
+      f.writelines(f"{n},{k},{v}\n" for k, v in enumerate(c))
+  os.replace(os.path.join(workdir, "recovery.csv.tmp"), os.path.join(workdir, "recovery.csv"))
+  # Written now and again after the (slow) sweeps.
+  results["wall_time_s"] = time.time() - t_start
+  write_json_atomic(os.path.join(workdir, "results.json"), results)
   loads = tuple(config.get("store_load_sweep", ()) or ())
   if loads:
     t_load = time.time()
@@ -291,12 +306,6 @@ def run(config, workdir: str) -> dict[str, Any]:
         "d": int(parts.hidden[0]), "flip": 0.1,
         "rows": capacity_sweep(parts, int(parts.hidden[0]), counts, seed=int(config.seed))}
     results["capacity_time_s"] = time.time() - t_cap
-  _plot(os.path.join(workdir, "recovery_hamming.png"), names, curves, d_total)
-  with open(os.path.join(workdir, "recovery.csv.tmp"), "w") as f:
-    f.write("task,step,hamming\n")
-    for n, c in zip(names, curves):
-      f.writelines(f"{n},{k},{v}\n" for k, v in enumerate(c))
-  os.replace(os.path.join(workdir, "recovery.csv.tmp"), os.path.join(workdir, "recovery.csv"))
   results["wall_time_s"] = time.time() - t_start
   write_json_atomic(os.path.join(workdir, "results.json"), results)
   print(f"avg accuracy recovered {results['avg_accuracy_recovered']:.4f}, task given "

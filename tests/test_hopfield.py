@@ -114,6 +114,30 @@ def test_bad_input():
     hopsupsup.check_stores((st, st), (8,))
 
 
+def test_learner_protocol_small():
+  """Learner functions on a small net: scores start at 0 (all gains on), the
+  weights never change, end_task stores exactly the task's masks."""
+  learner, parts = hopsupsup.build(hidden=(32, 16), num_outputs=10)
+  memory = learner.init_memory()
+  with pytest.raises(ValueError, match="empty"):
+    parts.recover(memory, jnp.zeros((2, 8, 28, 28, 1)), 2, (jnp.zeros(32, bool),) * 2)
+  ts = learner.init_task(memory, 0, jax.random.key(0))
+  assert all(bool(jnp.all(m)) for m in parts.masks_of(ts))
+  images = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
+  labels = jnp.arange(16) % 10
+  step = jax.jit(learner.train_step)
+  for _ in range(3):
+    ts, metrics = step(memory, ts, images, labels)
+  assert np.isfinite(float(metrics["loss"]))
+  memory2 = jax.jit(learner.end_task)(memory, ts, 0)
+  assert jax.tree.all(jax.tree.map(jnp.array_equal, memory2["weights"], memory["weights"]))
+  for st, m, w in zip(memory2["stores"], parts.masks_of(ts), (32, 16)):
+    ref = hopfield.store_mask(hopfield.init_store(w), m)
+    np.testing.assert_allclose(np.asarray(st.W), np.asarray(ref.W), atol=1e-6)
+  assert learner.logits(memory2, 0, images).shape == (16, 10)
+  assert learner.summary(memory2, 1)["store_bytes"] == 4 * (32 * 32 + 16 * 16)
+
+
 def _run_config(tmp_cfg):
   from launch.configs import hopsupsup_split_mnist  # pylint: disable=import-outside-toplevel
   c = hopsupsup_split_mnist.get_config()
@@ -123,22 +147,23 @@ def _run_config(tmp_cfg):
 
 
 def test_split_mnist_short_run(tmp_path):
-  """Two SplitMNIST tasks, 512-unit layers, 60 steps each: the recovered masks
-  equal the stored ones and classify as well."""
+  """Two SplitMNIST tasks at the paper's width (2048; the recovery's lr and
+  gamma are tuned for it), 30 training steps each, recovery on 24 test
+  batches: the recovered masks equal the stored ones and classify as well."""
   from supsup_jax import hopsupsup_run  # pylint: disable=import-outside-toplevel
-  c = _run_config({"num_tasks": 2, "iterations_per_task": 60})
-  c.model_options.hidden = (512, 512)
+  c = _run_config({"num_tasks": 2, "iterations_per_task": 30, "recovery_batches": 24})
   r = hopsupsup_run.run(c, str(tmp_path))
   with open(tmp_path / "results.json") as f:
     assert json.load(f)["num_tasks"] == 2
   assert os.path.exists(tmp_path / "recovery_hamming.png")
   for t in r["tasks"]:
-    assert t["recovery_steps"] is not None and t["recovery_steps"] <= 30, t
-    assert t["recovery_hamming"][0] > 0
+    assert t["recovery_hamming"][0] > 100, t  # the mean start is far from the mask
+    assert t["recovery_steps"] is not None, t
+    assert t["recovery_hamming"][-1] == 0, t
   assert r["avg_accuracy_recovered"] >= 0.95
   assert abs(r["avg_accuracy_recovered"] - r["avg_accuracy_task_given"]) <= 0.02
-  assert r["store_bytes"] == 2 * 512 * 512 * 4
-  assert r["bit_bank_bytes"] == 2 * 2 * 64
+  assert r["store_bytes"] == 2 * 2048 * 2048 * 4
+  assert r["bit_bank_bytes"] == 2 * 2 * 256
 
 
 @pytest.mark.slow
