@@ -96,11 +96,11 @@ def test_rewind_iteration_beyond_training_is_refused(tmp_path):
 
 @needs_data
 def test_short_mnist_floors(tmp_path):
-  """200 steps each: a trained LeNet and its rewound 20 % ticket pass 90 %,
+  """150 steps each: a trained LeNet and its rewound 20 % ticket pass 90 %,
   a 20 % edge-popup supermask over random signed weights passes 80 % (a mask
   that ignored its scores is a random network, ~10-60 %)."""
   from supsup_jax.subnetwork import run  # pylint: disable=import-outside-toplevel
-  c = _config(iterations=200, kept_fractions=(1.0, 0.2), method="lottery_ticket,edge_popup",
+  c = _config(iterations=150, kept_fractions=(1.0, 0.2), method="lottery_ticket,edge_popup",
               lt_rewind="init")
   res = run.run(c, str(tmp_path))
   lt = res["curves"]["lottery_ticket(rewind=init)"]

@@ -18,8 +18,10 @@
   density over ``zhou_samples`` draws), as the paper reports. Scores train
   with ``zhou_learning_rate`` (Bernoulli-noisy gradients through sigmoid'
   need a larger step than edge-popup's scores).
-  (b) "large final" and "large final, same sign" masks of the trained dense
-  network applied to the *untrained* initial weights.
+  (b) "large final" and "large final, same sign" one-shot masks of the
+  trained dense network applied to the *untrained* initial weights; and
+  (from ``lottery_ticket`` with ``lt_rewind=init``) each round's iterative
+  mask on the untrained θ0, ``zhou_lt_mask_on_init``, the paper's setting.
 * ``edge_popup``: Ramanujan et al., CVPR 2020, arXiv 1911.13299: per-layer
   top-k of learned scores over fixed signed-constant (or Kaiming-normal)
   weights, straight-through (:func:`supsup_jax.masks.topk_mask`).
@@ -131,6 +133,7 @@ def lottery_ticket(setup: Setup) -> dict[str, list[dict]]:
   train = _weight_trainer(setup)
   k = int(c.lt_rewind_iteration)
   curves = {}
+  on_init = []
   for vi, variant in enumerate(variants):
     mask = pruning.ones_like(setup.init_params)
     values = run["theta"]
@@ -151,11 +154,19 @@ def lottery_ticket(setup: Setup) -> dict[str, list[dict]]:
         params = pruning.rewind(values, mask)
       else:
         params = pruning.rewind(setup.reinit_params, mask)
+      if variant == "init":
+        # Zhou et al.'s supermask: the ticket's mask on the untrained θ0.
+        on_init.append({"kept_fraction": pruning.kept_fraction(mask), "round": r,
+                        "accuracy": setup.accuracy(params, setup.x_test, setup.y_test)})
       trained, _, _ = train(params, mask, setup.key(2, vi, r), start, setup.steps - start)
       values = _masked(trained, mask, None)
       points.append({"kept_fraction": pruning.kept_fraction(mask), "round": r,
                      "accuracy": setup.accuracy(values, setup.x_test, setup.y_test)})
     curves[f"lottery_ticket(rewind={variant})"] = points
+  if on_init:
+    curves["zhou_lt_mask_on_init"] = [
+        {"kept_fraction": 1.0, "round": 0,
+         "accuracy": setup.accuracy(setup.init_params, setup.x_test, setup.y_test)}] + on_init
   return curves
 
 
