@@ -1,0 +1,82 @@
+r"""Reproduces one of the paper's figures: runs its experiments, draws it, reports.
+
+  python -m launch.reproduce --figure=permuted_mnist_gnu [--scale=cpu|paper] \
+      [--workdir=runs/reproduce/permuted_mnist_gnu_cpu]
+
+Figures (Wortsman et al. 2020, arXiv:2006.14769; see supsup_jax/figures.py):
+``permuted_mnist_gnu`` (Figure 3), ``permuted_mnist_2500`` (Figure 4),
+``rotated_mnist`` (Figure 5 left), ``output_size_ablation`` (Figure 6),
+``oneshot_vs_binary``. ``--scale=cpu`` (default) is a reduced version that
+finishes in minutes on two CPU cores; ``--scale=paper`` runs the paper's
+settings. Each run goes to ``<workdir>/<run>``; the same command resumes
+interrupted runs and reuses finished ones. Writes ``figure.png``,
+``report.md`` (our numbers beside the published ones, and what the CPU scale
+reduces) and ``figure_data.json`` to the workdir.
+
+Bad input (unknown figure, a workdir of another figure, missing data) ends
+with one ``error: ...`` line and exit code 2; Ctrl-C with 130.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from supsup_jax import figures
+
+_FIGURE = flags.DEFINE_string("figure", None,
+                              f"Figure to reproduce: {', '.join(figures.FIGURES)}.")
+_SCALE = flags.DEFINE_string("scale", "cpu", "cpu (reduced, minutes) or paper (full settings).")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Directory of the figure's runs (default "
+                               "runs/reproduce/<figure>_<scale>).")
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  name, scale = _FIGURE.value, _SCALE.value
+  if not name:
+    _fail(f"--figure is required; known figures: {', '.join(figures.FIGURES)}")
+  try:
+    figures.get_figure(name)
+    if scale not in figures.SCALES:
+      raise ValueError(f"unknown --scale {scale!r}; allowed: {', '.join(figures.SCALES)}")
+  except ValueError as e:
+    _fail(str(e))
+  workdir = _WORKDIR.value or os.path.join("runs", "reproduce", f"{name}_{scale}")
+  # pylint: disable=import-outside-toplevel
+  from supsup_jax import workdir as workdir_lib
+  from supsup_jax.checkpoint import ConfigMismatchError
+  from supsup_jax.data import DataNotFoundError
+  # pylint: enable=import-outside-toplevel
+  logging.get_absl_handler().python_handler.stream = sys.stdout
+  logging.set_verbosity(logging.INFO)
+  try:
+    data = figures.reproduce(name, workdir, scale, log=lambda m: print(m, flush=True))
+  except KeyboardInterrupt:
+    _fail(f"interrupted; run the same command again to resume in {os.path.abspath(workdir)}",
+          EXIT_INTERRUPTED)
+  except (ValueError, FileNotFoundError, RuntimeError, DataNotFoundError,
+          ConfigMismatchError, workdir_lib.WorkdirLockedError, PermissionError) as e:
+    _fail(" ".join(str(e).split()))
+  for panel in data["panels"]:
+    for line in panel["lines"]:
+      inf = line["final_task_inference_pct"]
+      print(f"{panel['title']}: {line['label']}: {line['final_accuracy_pct']:.2f} % after "
+            f"{line['num_tasks']} tasks"
+            + ("" if inf is None else f", task inference {inf:.2f} %"))
+  print(f"wrote figure.png, report.md, figure_data.json to {os.path.abspath(workdir)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
