@@ -128,11 +128,24 @@ def _method(name, **kw):
   return members.make_method(name, input_shape=_SHAPE, num_classes=_CLASSES, **kw)
 
 
+_BUILT = {}
+
+
+def _built(name, **kw):
+  """(method, params) shared by the tests: each compiles its init/predictor once."""
+  key = (name, tuple(sorted(kw.items())))
+  if key not in _BUILT:
+    method = _method(name, mc_samples=4, **kw)
+    _BUILT[key] = method, members.init_members(method, jax.random.key(0))
+  return _BUILT[key]
+
+
 def _batch_fn(arrays, member, step):
-  """Synthetic, learnable batches that differ per member and step."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(7), member), step)
-  x = jax.random.normal(key, (12, *_SHAPE)) + arrays["shift"]
-  y = (jnp.sum(x, axis=(1, 2, 3)) > 0).astype(jnp.int32) + (x[:, 0, 0, 0] > 1)
+  """Synthetic, learnable batches that differ per member and step (no RNG:
+  threefry programs are slow to compile)."""
+  i = jnp.arange(12 * 36, dtype=jnp.float32).reshape(12, *_SHAPE)
+  x = jnp.sin(i * (0.37 + 0.11 * member) + 1.3 * step) + arrays["shift"]
+  y = (jnp.sum(x, axis=(1, 2, 3)) > 0).astype(jnp.int32) + (x[:, 0, 0, 0] > 0.5)
   return x, y
 
 
@@ -151,13 +164,12 @@ def test_unknown_method_raises():
 @pytest.mark.parametrize("name,kw", [("deep_ensemble", {}),
                                      ("supermask_ensemble", dict(mask_kind="threshold"))])
 def test_vmap_training_equals_each_member_alone(name, kw):
-  method = _method(name, **kw)
+  method, params = _built(name, **kw)
   # Plain SGD: a binary mask flips when a score crosses the threshold, and with
   # Adam's sign-like steps a crossing can hinge on the last bit of a batched vs
   # unbatched matmul; SGD steps scale with the gradient, so rounding stays small.
   opt = optax.sgd(0.1)
   key = jax.random.key(0)
-  params = members.init_members(method, key)
   # Different initialisations of every kernel (biases start at 0 in all members;
   # the supermask ensemble's scores are all kernel-shaped).
   kernels = [v for path, v in jax.tree_util.tree_leaves_with_path(params)
@@ -189,8 +201,8 @@ def test_predictions_per_method():
   key = jax.random.key(2)
   for name, k_times_s in [("single", 1), ("mc_dropout", 4), ("masksembles", 3),
                           ("deep_ensemble", 3), ("supermask_ensemble", 3)]:
-    method = _method(name, mc_samples=4)
-    params = members.init_members(method, key)
+    method, params = _built(name, **({"mask_kind": "threshold"}
+                                      if name == "supermask_ensemble" else {}))
     lp = members.make_predictor(method)(params, method.frozen, x, key)
     assert lp.shape == (k_times_s, 5, _CLASSES), name
     np.testing.assert_allclose(jnp.exp(lp).sum(-1), 1.0, rtol=1e-5)
@@ -199,8 +211,7 @@ def test_predictions_per_method():
 
 
 def test_masksembles_member_i_is_the_network_with_mask_i():
-  method = _method("masksembles", masksembles_scale=2.0)
-  params = members.init_members(method, jax.random.key(0))
+  method, params = _built("masksembles")
   x = jax.random.normal(jax.random.key(1), (4, *_SHAPE))
   lp = members.make_predictor(method)(params, method.frozen, x, jax.random.key(2))
   net = UncertaintyMLP(hidden=_HIDDEN, num_outputs=_CLASSES)
@@ -212,12 +223,10 @@ def test_masksembles_member_i_is_the_network_with_mask_i():
 
 
 def test_bytes_stored_supermask_is_one_bit_per_weight_per_member():
-  method = _method("supermask_ensemble")
-  params = members.init_members(method, jax.random.key(0))
+  method, params = _built("supermask_ensemble", mask_kind="threshold")
   n_weights = sum(int(np.size(w)) for w in jax.tree.leaves(method.frozen))
   assert members.bytes_stored(method, params) == math.ceil(3 * n_weights / 8)
-  dense = _method("deep_ensemble")
-  dp = members.init_members(dense, jax.random.key(0))
+  dense, dp = _built("deep_ensemble")
   n_params = sum(int(np.size(w[0])) for w in jax.tree.leaves(dp))
   assert members.bytes_stored(dense, dp) == 3 * 4 * n_params
 

@@ -48,7 +48,7 @@ from supsup_jax.weights import init_weights
 METHODS = ("single", "mc_dropout", "masksembles", "deep_ensemble", "supermask_ensemble")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: caches compiled fns
 class Method:
   """One uncertainty method (see the module docstring for K and S)."""
   name: str
@@ -182,10 +182,19 @@ def make_method(name: str, *, input_shape: Sequence[int], num_classes: int,
       log_probs=ms_log_probs, frozen=mask_sets, bits_per_member=_float_bits)
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_init(method: Method) -> Callable:
+  # Jitted (Flax's init run eagerly compiles op by op) and not vmapped: a
+  # vmapped threefry/truncated-normal program takes ~2x longer to compile
+  # than one member's init run K times.
+  return jax.jit(method.init)
+
+
 def init_members(method: Method, key: jax.Array) -> Any:
   """Params with a leading member axis; member k from ``fold_in(key, k)``."""
-  keys = jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(method.num_members))
-  return jax.vmap(method.init)(keys)
+  init = _jitted_init(method)
+  one = [init(jax.random.fold_in(key, k)) for k in range(method.num_members)]
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *one)
 
 
 def member_key(key: jax.Array, member, step) -> jax.Array:
@@ -233,6 +242,7 @@ def make_trainer(method: Method, optimizer: optax.GradientTransformation,
   return train
 
 
+@functools.lru_cache(maxsize=None)
 def make_predictor(method: Method) -> Callable:
   """Jitted ``(params, frozen, x [B, ...], key) -> log-probs [K * S, B, C]``."""
 
