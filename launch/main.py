@@ -23,6 +23,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (launch/configs/*.py).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results and checkpoints.")
+_DISTRIBUTED = flags.DEFINE_string(
+    "distributed", "", "Multi-host: 'auto' (cluster auto-detection) or "
+    "'host:port,num_processes,process_id'; empty: $SUPSUP_DISTRIBUTED or the "
+    "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID environment.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_BAD_INPUT = 2
@@ -105,6 +109,9 @@ def main(argv):
   logging.get_absl_handler().python_handler.stream = sys.stdout
   logging.set_verbosity(logging.INFO)
   try:
+    # Multi-host: jax.distributed.initialize, before any JAX computation.
+    from supsup_jax import distributed  # pylint: disable=import-outside-toplevel
+    distributed.maybe_initialize(_DISTRIBUTED.value or None)
     workdir_lib.check_workdir(workdir)
     run = runners.get_runner(config.get("runner", "continual"))
     results = run(config, workdir)

@@ -4,6 +4,12 @@ A checkpoint holds a pytree of arrays (``state``) and a JSON dict (``meta``).
 Orbax writes each step to a temporary folder and renames it when complete, so
 a run killed mid-write leaves the previous checkpoint intact.
 
+Multi-host: every process calls :meth:`RunCheckpointer.save` and
+:meth:`RunCheckpointer.restore` with the same arguments (orbax's
+``CheckpointManager`` coordinates them; its primary process, 0, writes
+replicated arrays and the metadata); the digests are written and damaged
+steps moved aside by process 0 only, the others waiting at a barrier.
+
 Orbax does not notice a bit flipped in stored array data (it restores wrong
 values), so after each save the SHA-256 of every file of the step is recorded
 in ``<step>/supsup_sha256.json``. :meth:`RunCheckpointer.restore` checks it and
@@ -20,14 +26,17 @@ import shutil
 import time
 from typing import Any, Mapping
 
+import jax
 import orbax.checkpoint as ocp
 
 _DIGESTS = "supsup_sha256.json"
 _log = logging.getLogger(__name__)
 
 # Config keys that may change between a run and its resumption.
+# The mesh too: a run resumes on another number of devices (same results up to
+# float summation order).
 NON_SEMANTIC_KEYS = ("log_every_steps", "checkpoint_every_steps", "stop_after_steps", "data_dir",
-                     "download", "progress")
+                     "download", "progress", "mesh")
 
 
 class ConfigMismatchError(ValueError):
@@ -36,6 +45,12 @@ class ConfigMismatchError(ValueError):
 
 class CheckpointError(ValueError):
   """No checkpoint in the workdir can be read."""
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
 
 
 def _step_digests(step_dir: str) -> dict[str, str]:
@@ -103,12 +118,14 @@ class RunCheckpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
     self._manager.wait_until_finished()
-    step_dir = self._step_dir(step)
-    digests = _step_digests(step_dir)
-    tmp = os.path.join(step_dir, f".{_DIGESTS}.tmp")
-    with open(tmp, "w") as f:
-      json.dump(digests, f, indent=0, sort_keys=True)
-    os.replace(tmp, os.path.join(step_dir, _DIGESTS))
+    if jax.process_index() == 0:
+      step_dir = self._step_dir(step)
+      digests = _step_digests(step_dir)
+      tmp = os.path.join(step_dir, f".{_DIGESTS}.tmp")
+      with open(tmp, "w") as f:
+        json.dump(digests, f, indent=0, sort_keys=True)
+      os.replace(tmp, os.path.join(step_dir, _DIGESTS))
+    _barrier(f"supsup_digests_{step}")
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -169,9 +186,11 @@ class RunCheckpointer:
         f"delete {self.directory} to start over")
 
   def _set_aside(self, step: int) -> None:
-    damaged = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged")
-    os.makedirs(damaged, exist_ok=True)
-    shutil.move(self._step_dir(step), os.path.join(damaged, f"{step}.{int(time.time())}"))
+    if jax.process_index() == 0:
+      damaged = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged")
+      os.makedirs(damaged, exist_ok=True)
+      shutil.move(self._step_dir(step), os.path.join(damaged, f"{step}.{int(time.time())}"))
+    _barrier(f"supsup_set_aside_{step}")
     self._manager.reload()
 
   def close(self) -> None:

@@ -1,0 +1,385 @@
+"""Beyond one device: task- and data-parallel training, sharded task inference,
+two processes on localhost.
+
+Every check runs in a subprocess (this file is also the worker: ``python
+tests/test_distributed.py <case> <json args>``) with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (or 1 device per
+process for the two-process run), so the rest of the suite keeps its single
+CPU device.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- the worker (runs in the subprocess) -------------------------------------
+
+def _gg_config(**over):
+  from launch.configs import gg_permuted_mnist  # pylint: disable=import-outside-toplevel
+  c = gg_permuted_mnist.get_config()
+  c.num_tasks, c.iterations_per_task, c.batch_size = 4, 10, 16
+  c.log_every_steps, c.eval_batches_per_task, c.test_batch_size = 10, 2, 100
+  c.eval_after_tasks = ()
+  # SGD, not RMSprop: RMSprop scales a near-zero gradient to a full step, so
+  # float noise (a different summation order on another mesh) would flip
+  # masks; SGD keeps noise at noise level.
+  c.optimizer, c.learning_rate, c.momentum = "sgd", 0.1, 0.9
+  c.mask_kind, c.sparsity = "topk", 0.5
+  for k, v in over.items():
+    setattr(c, k, tuple(map(tuple, v)) if k == "mesh" else v)
+  return c
+
+
+def _bank_rows(workdir, config):
+  """Final memory leaves of a run, from its last checkpoint."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from supsup_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  ck = checkpoint.RunCheckpointer(workdir, config.to_dict())
+  tree, _ = ck.restore()
+  ck.close()
+  return {k: np.asarray(v) for k, v in tree["memory"].items()}
+
+
+def case_task_parallel(args):
+  """GG, 4 tasks at once: over the 'tasks' axis of 4 devices vs one device."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from supsup_jax import distributed, experiment  # pylint: disable=import-outside-toplevel
+  out = {"devices": jax.device_count()}
+  results, memories = {}, {}
+  for name, mesh in (("one", (("data", 1),)), ("tasks", (("tasks", 4),))):
+    config = _gg_config(tasks_in_parallel=4, mesh=mesh)
+    workdir = os.path.join(args["tmp"], name)
+    results[name] = experiment.run(config, workdir)
+    memories[name] = _bank_rows(workdir, config)
+  out["acc"] = {k: r["accuracy_matrix"] for k, r in results.items()}
+  out["mesh"] = results["tasks"]["mesh"]
+  out["device_count"] = results["tasks"]["device_count"]
+  diffs = []
+  for k in memories["one"]:
+    a, b = memories["one"][k], memories["tasks"][k]
+    if a.dtype == np.uint8:  # packed mask bits
+      diffs.append(float(np.mean(np.unpackbits(a) != np.unpackbits(b))))
+    else:
+      diffs.append(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+  out["memory_diffs"] = diffs
+  # The stacked task states of a chunk really are split over the devices.
+  setup = experiment.build(_gg_config(tasks_in_parallel=4))
+  mesh = distributed.make_mesh([("tasks", 4), ("data", 2)])
+  chunk = experiment.make_chunk_fn(setup.learner, setup.stream, 16, parallel=True, mesh=mesh)
+  memory = distributed.place_replicated(setup.learner.init_memory(), mesh)
+  states = experiment.stack([setup.learner.init_task(memory, t, experiment.task_key(0, t))
+                             for t in range(4)])
+  states = distributed.place_tasks(states, mesh)
+  data = distributed.place_replicated(setup.stream.device_arrays, mesh)
+  states, mets = chunk(memory, data, states, jnp.arange(4, dtype=jnp.int32), jnp.int32(0), 2)
+  leaf = jax.tree.leaves(states.scores)[0]
+  out["scores_spec"] = str(leaf.sharding.spec)
+  out["scores_shard_shapes"] = sorted({tuple(s.data.shape) for s in leaf.addressable_shards})
+  out["scores_shape"] = list(leaf.shape)
+  out["data_x_shards"] = len(data["x"].addressable_shards)
+  out["loss_finite"] = bool(np.all(np.isfinite(np.asarray(mets["loss"]))))
+  return out
+
+
+def case_data_parallel(args):
+  """Small conv net with per-task BN: batch over 8 devices vs one device."""
+  del args
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from supsup_jax import distributed, experiment  # pylint: disable=import-outside-toplevel
+  from supsup_jax.data.streams import InMemoryStream  # pylint: disable=import-outside-toplevel
+  from supsup_jax.methods import supsup  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (256, 16, 16, 3), dtype=np.uint8)
+  y = (x[..., 0].mean((1, 2)) > 127).astype(np.int32) + 2 * (x[..., 1].mean((1, 2)) > 127)
+  data = {"train": (x, y), "test": (x[:64], y[:64]), "num_classes": 4}
+  stream = InMemoryStream(name="synthetic", data=data, num_tasks=2, seed=0,
+                          mean=(127.5,) * 3, std=(64.0,) * 3)
+  config = _gg_config(model="small_conv", dataset="synthetic", num_tasks=2, batch_size=32,
+                      optimizer="sgd", learning_rate=0.1, momentum=0.9)
+  learner = supsup.from_config(config, stream)
+  curves, stats = {}, {}
+  for name, mesh in (("one", None), ("data", distributed.make_mesh([("data", 8)]))):
+    chunk = experiment.make_chunk_fn(learner, stream, 32, parallel=False, mesh=mesh)
+    memory, arrays = learner.init_memory(), stream.device_arrays
+    state = learner.init_task(memory, 1, experiment.task_key(0, 1))
+    if mesh is not None:
+      memory = distributed.place_replicated(memory, mesh)
+      arrays = distributed.place_replicated(arrays, mesh)
+      state = distributed.place_replicated(state, mesh)
+    losses = []
+    for step in range(8):
+      state, mets = chunk(memory, arrays, state, jnp.int32(1), jnp.int32(step), 1)
+      losses.append(float(mets["loss"]))
+    curves[name] = losses
+    stats[name] = [np.asarray(v).tolist() for v in jax.tree.leaves(state.batch_stats)][:2]
+    if mesh is not None:
+      hlo = chunk.lower(memory, arrays, state, jnp.int32(1), jnp.int32(0), 1).compile().as_text()
+      all_reduce = "all-reduce" in hlo
+  bn_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(stats["one"], stats["data"]))
+  return {"curves": curves, "bn_diff": bn_diff, "all_reduce": all_reduce,
+          "num_bn_leaves": len(stats["one"])}
+
+
+def case_inference(args):
+  """Sharded bank vs the unsharded one: alpha-gradients, one-shot and binary."""
+  del args
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import supsup_jax as ss  # pylint: disable=import-outside-toplevel
+  from supsup_jax import bank as bank_lib  # pylint: disable=import-outside-toplevel
+  from supsup_jax import distributed, inference  # pylint: disable=import-outside-toplevel
+  from supsup_jax import masks as masks_lib  # pylint: disable=import-outside-toplevel
+  from supsup_jax import sharded_inference as si  # pylint: disable=import-outside-toplevel
+  from supsup_jax.masked_model import MaskedModel  # pylint: disable=import-outside-toplevel
+  model = ss.models.LeNet300100(num_outputs=10)
+  weights = ss.init_weights(model, seed=0, example_input=jnp.zeros((1, 28, 28, 1)))
+  masked = MaskedModel(model, masks_lib.MaskSpec("topk", 0.5), 10)
+  template = masks_lib.init_scores(weights, jax.random.key(0))
+  k = 21  # not a multiple of the 8 devices: the last shards hold no task
+  bank = bank_lib.init(template, k)
+  mesh = distributed.make_mesh([("tasks", 4), ("data", 2)])
+  sharded = si.init(template, k, mesh)
+  for t in range(k):
+    masks = masked.mask_spec(masks_lib.init_scores(weights, jax.random.key(t + 1)))
+    bank = bank_lib.put(bank, t, masks)
+    sharded = si.put(sharded, t, masks, mesh)
+  # Images a few tasks' masks are confident on: real task structure is not
+  # needed for an identity test, only distinct gradients.
+  images = jax.random.normal(jax.random.key(7), (6, 3, 28, 28, 1))
+  ref = np.asarray(inference.alpha_grads_many(masked, weights, bank, images))
+  got = si.alpha_grads_many(masked, weights, sharded, images, mesh)
+  lowered = si._sharded_grads.lower(  # pylint: disable=protected-access
+      masked, sharded.layout, weights, sharded.rows, sharded.counts, sharded.num_tasks,
+      jnp.zeros((6, sharded.capacity), bool), images, None, "entropy", True, mesh,
+      True, 8)
+  hlo = lowered.compile().as_text()
+  return {
+      "max_abs_diff": float(np.max(np.abs(np.asarray(got) - ref))),
+      "scale": float(np.max(np.abs(ref))),
+      "rows_equal": bool(np.array_equal(np.asarray(sharded.rows)[:bank.capacity],
+                                        np.asarray(bank.rows))),
+      "counts_equal": bool(np.array_equal(np.asarray(sharded.counts), np.asarray(bank.counts))),
+      "row_shard_shapes": sorted({tuple(s.data.shape) for s in sharded.rows.addressable_shards}),
+      "capacity": sharded.capacity,
+      "oneshot_ref": np.argmin(ref, -1).tolist(),
+      "oneshot": si.oneshot_many(masked, weights, sharded, images, mesh).tolist(),
+      "binary_ref": inference.binary_many(masked, weights, bank, images).tolist(),
+      "binary": si.binary_many(masked, weights, sharded, images, mesh).tolist(),
+      "all_gather_in_bank_pass": "all-gather" in hlo,
+  }
+
+
+def case_multihost(args):
+  """One process of a two-process GG run; process ``crash_after_saves`` > 0
+  dies (SIGKILL) right after that many checkpoints."""
+  from supsup_jax import distributed  # pylint: disable=import-outside-toplevel
+  distributed.maybe_initialize(args["spec"])
+  from supsup_jax import checkpoint, experiment  # pylint: disable=import-outside-toplevel
+  crash = int(args.get("crash_after_saves", 0))
+  if crash:
+    save, count = checkpoint.RunCheckpointer.save, [0]
+
+    def dying_save(self, *a, **kw):
+      save(self, *a, **kw)
+      count[0] += 1
+      if count[0] >= crash:
+        os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint.RunCheckpointer.save = dying_save
+  config = _gg_config(**args["config"])
+  results = experiment.run(config, args["workdir"])
+  return {"acc": results.get("accuracy_matrix"), "process": args["spec"]}
+
+
+def _worker_main():
+  case, args = sys.argv[1], json.loads(sys.argv[2])
+  sys.path.insert(0, ROOT)
+  out = globals()[f"case_{case}"](args)
+  with open(args["out"], "w") as f:
+    json.dump(out, f)
+
+
+# -- the tests ---------------------------------------------------------------
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("SUPSUP_DATA_DIR", os.path.join(os.path.dirname(ROOT), "shared", "data"))
+  return env
+
+
+def _run_case(case: str, tmp_path, devices: int = 8, timeout: int = 600, **args) -> dict:
+  out = str(tmp_path / f"{case}.json")
+  args = dict(args, out=out, tmp=str(tmp_path))
+  proc = subprocess.run([sys.executable, __file__, case, json.dumps(args)],
+                        env=_env(devices), cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(out) as f:
+    return json.load(f)
+
+
+def _needs_mnist():
+  data = os.environ.get("SUPSUP_DATA_DIR", "")
+  if not os.path.isdir(os.path.join(data, "mnist")):
+    pytest.skip(f"MNIST not found under SUPSUP_DATA_DIR={data!r}")
+
+
+def test_task_parallel_matches_one_device_and_is_sharded(tmp_path):
+  _needs_mnist()
+  out = _run_case("task_parallel", tmp_path)
+  assert out["devices"] == 8
+  assert out["device_count"] == 8 and out["mesh"]["axes"] == [["tasks", 4]]
+  one, tasks = out["acc"]["one"], out["acc"]["tasks"]
+  assert len(one[-1]) == 4
+  for a, b in zip(one[-1], tasks[-1]):
+    assert abs(a - b) <= 0.01, (one, tasks)
+  assert min(one[-1]) > 0.5  # the masks learned something
+  # Packed mask bits: at most a few in 10^4 flip on float noise at the top-k edge.
+  assert max(out["memory_diffs"]) < 1e-3, out["memory_diffs"]
+  # [4 tasks, ...] over a (tasks 4, data 2) mesh: one task per device pair.
+  assert out["scores_spec"].startswith("PartitionSpec('tasks'")
+  assert all(s[0] == 1 for s in out["scores_shard_shapes"]), out["scores_shard_shapes"]
+  assert out["scores_shape"][0] == 4
+  assert out["data_x_shards"] == 8 and out["loss_finite"]
+
+
+def test_data_parallel_small_conv_same_loss_curve(tmp_path):
+  out = _run_case("data_parallel", tmp_path)
+  one, data = out["curves"]["one"], out["curves"]["data"]
+  assert len(one) == 8
+  for a, b in zip(one, data):
+    assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (one, data)
+  assert one[-1] < one[0]  # it trains
+  assert out["num_bn_leaves"] >= 1 and out["bn_diff"] < 1e-4  # global-batch BN stats
+  assert out["all_reduce"]  # gradients/statistics reduced across devices
+
+
+def test_sharded_inference_matches_unsharded(tmp_path):
+  out = _run_case("inference", tmp_path)
+  assert out["rows_equal"] and out["counts_equal"]
+  assert out["capacity"] % 8 == 0
+  assert out["row_shard_shapes"] == [[out["capacity"] // 8, 33275]]
+  assert out["max_abs_diff"] <= 1e-5 * out["scale"] + 1e-7, out
+  assert out["oneshot"] == out["oneshot_ref"]
+  assert out["binary"] == out["binary_ref"]
+  assert len(set(out["oneshot"])) > 1  # distinct answers: the identity is not vacuous
+  assert not out["all_gather_in_bank_pass"]  # the rows never leave their device
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _start_pair(tmp_path, workdir, tag, crash_after_saves=0, via_launcher=False):
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    spec = f"localhost:{port},2,{pid}"
+    if via_launcher:
+      cmd = [sys.executable, "-m", "launch.main",
+             "--config=launch/configs/gg_permuted_mnist.py", f"--workdir={workdir}",
+             f"--distributed={spec}"] + [f"--config.{k}={v}" for k, v in _PAIR_FLAGS.items()]
+    else:
+      args = {"spec": spec, "workdir": workdir, "config": _PAIR_CONFIG,
+              "out": str(tmp_path / f"{tag}_{pid}.json"),
+              "crash_after_saves": crash_after_saves if pid == 1 else 0}
+      cmd = [sys.executable, __file__, "multihost", json.dumps(args)]
+    env = _env(1)
+    env["SUPSUP_DISTRIBUTED_OPTIONS"] = "heartbeat"
+    procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+_PAIR_CONFIG = {"tasks_in_parallel": 2, "mesh": [["tasks", 2]], "checkpoint_every_steps": 5}
+_PAIR_FLAGS = {"num_tasks": 4, "iterations_per_task": 10, "batch_size": 16,
+               "log_every_steps": 10, "eval_batches_per_task": 2, "test_batch_size": 100,
+               "eval_after_tasks": "()", "optimizer": "sgd", "learning_rate": 0.1,
+               "momentum": 0.9, "mask_kind": "topk",
+               "sparsity": 0.5, "tasks_in_parallel": 2, "mesh": "[('tasks', 2)]",
+               "checkpoint_every_steps": 5}
+
+
+def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
+  _needs_mnist()
+  ref = _run_case("multihost", tmp_path, devices=1, spec="", workdir=str(tmp_path / "ref"),
+                  config={"tasks_in_parallel": 2, "mesh": [["data", 1]]})
+  workdir = str(tmp_path / "pair")
+  # Run 1: process 1 is killed after its second checkpoint (mid-group), so
+  # process 0 loses its peer; whatever it does, it is stopped.
+  procs = _start_pair(tmp_path, workdir, "crash", crash_after_saves=2)
+  assert procs[1].wait(timeout=400) == -signal.SIGKILL, procs[1].stdout.read()[-3000:]
+  try:
+    procs[0].wait(timeout=60)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    procs[0].wait()
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  steps = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert steps, "no checkpoint before the kill"
+  # Run 2: both processes, through the launcher, resume from the checkpoint.
+  procs = _start_pair(tmp_path, workdir, "resume", via_launcher=True)
+  logs = [p.communicate(timeout=400)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(l[-3000:] for l in logs)
+  assert "Resuming" in logs[0], logs[0][-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["device_count"] == 2 and results["mesh"]["process_count"] == 2
+  for a, b in zip(ref["acc"][-1], results["accuracy_matrix"][-1]):
+    assert abs(a - b) <= 0.01, (ref["acc"], results["accuracy_matrix"])
+
+
+def test_bad_meshes_are_refused_in_one_line():
+  from supsup_jax import distributed  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match=r"3 devices, which does not divide the 8 devices"):
+    distributed.resolve_mesh_shape([("tasks", 3)], 8)
+  with pytest.raises(ValueError, match=r"fixed axes \(3 devices\) do not divide the 8"):
+    distributed.resolve_mesh_shape([("tasks", 3), ("data", -1)], 8)
+  assert distributed.resolve_mesh_shape([("tasks", 2), ("data", -1)], 8) == (
+      ("tasks", 2), ("data", 4))
+  assert distributed.resolve_mesh_shape(None, 1) == (("data", 1),)
+  assert distributed.parse_mesh("[('tasks', 8)]") == (("tasks", 8),)
+  for bad, msg in (([("model", 2)], "axis 'model' unknown"), ([("data", 0)], "size 0"),
+                   ("[('tasks', 8", "not a list"), ([("data", -1), ("tasks", -1)], "more than one -1"),
+                   ([("data", 2), ("data", 2)], "distinct")):
+    with pytest.raises(ValueError, match=msg):
+      distributed.parse_mesh(bad)
+
+
+def test_bad_parallel_widths_are_refused_before_compiling():
+  import jax  # pylint: disable=import-outside-toplevel
+  from supsup_jax import distributed  # pylint: disable=import-outside-toplevel
+  mesh = distributed.make_mesh([("data", 1)])
+  distributed.check_parallel(mesh, tasks_in_parallel=3, batch_size=7)  # one device: any
+  fake = type("FakeMesh", (), {"shape": {"tasks": 4, "data": 2}})()
+  with pytest.raises(ValueError, match=r"tasks_in_parallel=6 is not divisible by .* \(4 "
+                     r"devices\); .* --config.tasks_in_parallel=4"):
+    distributed.check_parallel(fake, tasks_in_parallel=6, batch_size=8)
+  with pytest.raises(ValueError, match=r"batch_size=33 is not divisible by .* \(2 devices\)"
+                     r"; .* --config.batch_size=32"):
+    distributed.check_parallel(fake, tasks_in_parallel=4, batch_size=33)
+  assert jax.device_count() >= 1
+
+
+if __name__ == "__main__":
+  _worker_main()
