@@ -22,6 +22,7 @@ the last good checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -48,6 +49,7 @@ from supsup_jax import optim
 from supsup_jax import scalars
 from supsup_jax import state_io
 from supsup_jax import weights as weights_lib
+from supsup_jax import workdir as workdir_lib
 from supsup_jax.data.task_free import TaskFreeStream
 
 SCENARIOS = learner_lib.SCENARIOS
@@ -302,7 +304,10 @@ class _Run:
                                                donate_argnums=0)
     self.log_every = max(1, int(config.log_every_steps))
     self.ckpt_every = int(config.get("checkpoint_every_steps") or 0)
-    self.memory = self.place(self.learner.init_memory())
+    # A private copy: end_task donates memory, and a learner's init_memory may
+    # hand out arrays it keeps (e.g. the frozen weights) for the next run.
+    self.memory = self.place(jax.tree.map(
+        lambda x: x.copy() if isinstance(x, jax.Array) else x, self.learner.init_memory()))
     self.rec: dict[str, Any] = {"eval_after": [], "rows": [], "inference_rows": [],
                                 "other_inference": [], "just_trained": [],
                                 "task_wall_s": [], "elapsed_s": 0.0}
@@ -555,6 +560,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"NNs runs on one device, got config.mesh over {mesh.size} "
                      "devices; set --config.mesh=\"[('data', 1)]\"")
   os.makedirs(workdir, exist_ok=True)
+  # One run per workdir (the other processes of a multi-host run share it).
+  with (workdir_lib.lock(workdir) if jax.process_index() == 0
+        else contextlib.nullcontext()):
+    return _run_locked(config, workdir, setup, mesh, t_start)
+
+
+def _run_locked(config, workdir, setup, mesh, t_start) -> dict:
   ckpt = ckpt_lib.RunCheckpointer(workdir, config.to_dict())
   state = None
   try:
