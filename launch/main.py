@@ -128,6 +128,11 @@ def main(argv):
     _fail(f"the run ended with non-finite {', '.join(bad)}; see {os.path.abspath(workdir)}",
           EXIT_NOT_FINITE)
   name = results.get("experiment", config.get("experiment", "run"))
+  if results.get("complete") is False:
+    print(f"{name}: stopped after {results.get('steps_this_process')} steps "
+          f"(config.stop_after_steps); run the same command to resume from "
+          f"{os.path.abspath(workdir)}")
+    return
   if "avg_accuracy" in results:
     line = (f"{name}: average accuracy {100 * results['avg_accuracy']:.2f}% over "
             f"{results.get('num_tasks', '?')} tasks")
