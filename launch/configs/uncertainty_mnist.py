@@ -27,7 +27,7 @@ def get_config():
   c.mc_samples = 4           # T: MC-dropout test passes (= N: same test cost)
   c.dropout_rate = 0.5       # Gal & Ghahramani's rate
   c.masksembles_scale = 2.0
-  c.mask_kind = "topk"       # supermask_ensemble: "topk" or "threshold"
+  c.mask_kind = "threshold"  # supermask_ensemble: "threshold" (SupSup LeNet) or "topk"
   c.topk_fraction = 0.5
   c.weights_seed = 0         # supermask_ensemble's fixed random network
   c.optimizer = "adam"       # dense networks

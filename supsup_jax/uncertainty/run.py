@@ -241,9 +241,8 @@ def plot_reliability(path: str, bins: dict, title: str, ece: float) -> None:
                                  gridspec_kw={"height_ratios": [3, 1]})
   ax1.bar(centers[full], bins["accuracy"][full], width=width, edgecolor="k",
           label="accuracy in bin")
-  ax1.bar(centers[full], (bins["confidence"] - bins["accuracy"])[full],
-          bottom=bins["accuracy"][full], width=width, color="tab:red", alpha=0.35,
-          edgecolor="tab:red", label="gap to mean confidence")
+  ax1.plot(centers[full], bins["confidence"][full], "o", color="tab:red", ms=4,
+           label="mean confidence in bin")
   ax1.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
   ax1.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title} (ECE {ece:.4f})")
   ax1.legend(loc="upper left", fontsize=8)
