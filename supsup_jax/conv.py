@@ -1,40 +1,62 @@
 """Convolution with a fast, exact (to float round-off) VJP on XLA:CPU.
 
 XLA:CPU's kernel (weight) gradient of a convolution is several times slower
-than its forward pass and input gradient (``benchmarks/probe_conv_grad.py``:
-~0.8-1.9 s for one 3x3 64->64 layer at batch 128, 32x32, against ~0.2 s for
-the forward). SupSup trains scores through ``W * M``, so every step needs
-dL/dW of every conv, and that single op dominated the train step.
+than its forward pass and input gradient (~0.8-1.9 s for one 3x3 64->64 layer
+at batch 128, 32x32, against ~0.2 s for the forward). SupSup trains scores
+through ``W * M``, so every step needs dL/dW of every conv, and that single
+op dominated the train step.
 
 :func:`conv_general_dilated` is a drop-in for :func:`jax.lax.conv_general_dilated`
-(same signature) with a :func:`jax.custom_vjp`:
+(same signature, plus a keyword ``options``: a frozen :class:`ConvOptions`)
+with a :func:`jax.custom_vjp`:
 
 * 3x3, stride 1, undilated, 2-D float32/float64 convs with >=
-  :data:`WINOGRAD_MIN_CHANNELS` input and output channels (the SupSup conv
-  nets' main layers), when differentiated, use Winograd F(2x2, 3x3) for all
-  three products: forward (:func:`winograd_conv`), input gradient (the same, on dY with the
-  flipped, in/out-swapped kernel) and kernel gradient
-  (:func:`winograd_kernel_grad`). 2.25x fewer multiply-adds, done in
-  batch chunks of ~:data:`WINOGRAD_TILES` tiles to stay in cache. Error vs
-  ``lax.conv`` ~1e-6 of the output's (gradient's) max magnitude (the
-  transforms' round-off), not bit-identical. Without differentiation
-  (inference) the forward stays ``lax.conv`` (faster there: it fuses with
-  the next ReLU / pool).
+  ``options.winograd_min_channels`` input and output channels (the SupSup
+  conv nets' main layers), when differentiated, use Winograd F(2x2, 3x3)
+  (Lavin & Gray 2016, arXiv:1509.09308) for all three products: forward
+  (:func:`winograd_conv`), input gradient (the same, on dY with the flipped,
+  in/out-swapped kernel) and kernel gradient (:func:`winograd_kernel_grad`).
+  2.25x fewer multiply-adds, done in batch chunks of ~``options.winograd_tiles``
+  tiles to stay in cache. Error vs ``lax.conv`` ~1e-6 of the output's
+  (gradient's) max magnitude (the transforms' round-off), not bit-identical.
+  Without differentiation (inference) the forward stays ``lax.conv`` (faster
+  there: it fuses with the next ReLU / pool).
 * otherwise: forward is plain ``lax.conv_general_dilated`` (bit-identical),
   the input gradient XLA's own (the transpose of the conv in its input), and
   the kernel gradient :func:`kernel_grad`: im2col + one matmul per tap row
   per chunk of the batch, with the patch matrix built channels-first
   (``(taps*C, rows) @ (rows, O)``), chunks summed in a ``lax.scan`` so the
-  patches stay small (~4k rows). Same sum as the reference gradient in a
-  different order.
+  patches stay small (~``options.target_rows`` rows). Same sum as the
+  reference gradient in a different order.
 
-Measured on the 2-core benchmark machine (one core busy with another job),
-3x3x64->64, B=128, 32x32, ms: forward lax 156 / Winograd 102; input grad
-lax 160 / Winograd 103; kernel grad lax 1,300 / rows-major im2col 245 /
-channels-first im2col 148 / Winograd 140 (``benchmarks/probe_layers.py``,
-``probe_fwd.py``, ``probe_winograd.py``). Tried and dropped: im2col or
-shifted-matmul forward / input grad (slower than XLA's), Winograd F(4x4, 3x3)
-(~7e-6 relative error, at most 10% faster).
+The fast path is tuned for XLA:CPU; ``supsup_jax.methods.supsup`` uses it
+only on the CPU backend (GPU/TPU keep XLA's own convolution).
+
+Measurements behind these choices (2-core benchmark machine, one core busy
+with another job; 3x3x64->64, B=128, 32x32, ms; each variant interleaved with
+the others in one process, the scripts are in ``tools/probes/``, not
+installed):
+
+* kernel gradient (``probe_conv_grad.py``): lax 1,300; nine shifted-slice
+  matmuls ("taps") and ``conv_general_dilated_patches`` + one matmul were
+  both slower than rows-major im2col 245; channels-first im2col 148;
+  Winograd 140.
+* forward / input gradient (``probe_fwd.py``, ``probe_winograd.py``): lax
+  156 / 160; Winograd in 1k-tile chunks 102 / 103 (260-280 unchunked).
+  Dropped: im2col or shifted-matmul ("flat") forward and input gradient
+  (slower than XLA's), Winograd F(4x4, 3x3) (~7e-6 relative error, at most
+  10% faster), a rows-major Winograd kernel gradient (contracting the row
+  axis costs a transpose; ``probe_layers.py``).
+* per layer of the GG conv net (``probe_layers.py``): the 3->64 first layer
+  stays on lax (too few channels for Winograd); the 32x32 64->64 layer is
+  ~60% of the step.
+* ReLU + 2x2 max pool, value and gradient, 64ch B=128 32x32
+  (``probe_pool.py``): reshape + max ~80 ms vs ``nn.max_pool`` ~210 ms
+  (select-and-scatter gradient); slicing variants and a hand-written VJP
+  were no faster than reshape + max (``models.max_pool_2x2``).
+* whole step split (``probe_step.py``): with these paths the GG conv4 step
+  is dominated by the 32x32 convs' three products; mask (top-k) and
+  optimizer time is < 5%.
 
 Supported fast path: any number of spatial dims, any ``dimension_numbers``,
 any window strides, ``'SAME'``/``'VALID'``/``'SAME_LOWER'``/explicit padding
@@ -45,13 +67,15 @@ non-float inputs) falls back to ``lax.conv_general_dilated`` unchanged.
 Note: a ``custom_vjp`` function supports reverse mode (``grad``/``vjp``) but
 not forward mode (``jvp``/``jacfwd``); use plain lax conv for those.
 
-Use it in Flax via ``supsup_jax.conv.Conv`` (= ``nn.Conv`` with this conv)::
+Use it in Flax via ``supsup_jax.conv.Conv`` (= ``nn.Conv`` with this conv),
+or pass ``make_conv(ConvOptions(...))`` as a model's ``conv_general_dilated``::
 
   from supsup_jax.conv import Conv
   y = Conv(64, (3, 3), use_bias=False)(x)
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -62,30 +86,45 @@ import numpy as np
 from jax import lax
 
 __all__ = ["conv_general_dilated", "kernel_grad", "winograd_conv",
-           "winograd_kernel_grad",
-           "is_fast_path", "Conv", "TARGET_ROWS", "WINOGRAD_TILES"]
+           "winograd_kernel_grad", "is_fast_path", "Conv", "ConvOptions",
+           "DEFAULT_OPTIONS", "make_conv"]
 
-# Rows (output pixels) of the im2col matrix per batch chunk. Measured on a
-# 2-core AVX2 EPYC (3x3x64->64, B=128, 32x32), same load for all rows:
-# 1k rows 305 ms, 2k 274, 4k 270, 8k 302, 16k 338; unchunked (131k rows) 500+
-# (rows-major patches). Channels-first patches (current): 1k 203, 2k 153,
-# 4k 148, 8k 156 (benchmarks/probe_fwd.py kg_T3_c*).
-TARGET_ROWS = 4096
+@dataclasses.dataclass(frozen=True)
+class ConvOptions:
+  """Tuning of the fast path (hashable: a static argument of the VJP).
 
-# Output 2x2 tiles per batch chunk of the Winograd forward / input gradient
-# (benchmarks/probe_winograd.py: 1k tiles 116-128 ms vs 260-280 unchunked for
-# 3x3x64->64 B=128 32x32; lax.conv 155-160).
-WINOGRAD_TILES = 1024
-# Below this many input or output channels the forward and input gradient
-# stay on lax.conv (the transforms would dominate the tiny matmuls).
-WINOGRAD_MIN_CHANNELS = 8
-# Kernel gradient by Winograd too (else the channels-first im2col matmuls of
-# kernel_grad).
-WINOGRAD_KERNEL_GRAD = True
-# Forward of a differentiated conv by Winograd too (else lax.conv). The
-# undifferentiated forward (inference) is always lax.conv, bit-identical.
-# Train step: 688 ms with, 767 without (same process).
-WINOGRAD_FORWARD = True
+  Attributes:
+    target_rows: rows (output pixels) of the im2col matrix per batch chunk
+      of :func:`kernel_grad`. Measured on a 2-core AVX2 EPYC (3x3x64->64,
+      B=128, 32x32), same load for all: rows-major patches 1k rows 305 ms,
+      2k 274, 4k 270, 8k 302, 16k 338, unchunked (131k rows) 500+;
+      channels-first patches (current) 1k 203, 2k 153, 4k 148, 8k 156.
+    winograd_tiles: output 2x2 tiles per batch chunk of the Winograd
+      forward / input gradient / kernel gradient (1k tiles 116-128 ms vs
+      260-280 unchunked for 3x3x64->64 B=128 32x32; lax.conv 155-160).
+    winograd_min_channels: below this many input or output channels the
+      forward and input gradient stay on lax.conv (the transforms would
+      dominate the tiny matmuls).
+    winograd_kernel_grad: kernel gradient by Winograd too (else the
+      channels-first im2col matmuls of :func:`kernel_grad`).
+    winograd_forward: forward of a differentiated conv by Winograd too (else
+      lax.conv; train step 688 ms with, 767 without, same process). The
+      undifferentiated forward (inference) is always lax.conv, bit-identical.
+  """
+  target_rows: int = 4096
+  winograd_tiles: int = 1024
+  winograd_min_channels: int = 8
+  winograd_kernel_grad: bool = True
+  winograd_forward: bool = True
+
+  def __post_init__(self):
+    for name in ("target_rows", "winograd_tiles", "winograd_min_channels"):
+      v = getattr(self, name)
+      if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"ConvOptions.{name} must be a positive int, got {v!r}")
+
+
+DEFAULT_OPTIONS = ConvOptions()
 
 
 def _canonical_pads(in_spatial, window, strides, padding):
@@ -116,8 +155,16 @@ def is_fast_path(lhs, rhs, lhs_dilation=None, feature_group_count=1,
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
-  """Same as :func:`jax.lax.conv_general_dilated`, with a faster exact VJP."""
+                         precision=None, preferred_element_type=None, *,
+                         options: ConvOptions = DEFAULT_OPTIONS):
+  """Same as :func:`jax.lax.conv_general_dilated`, with a faster exact VJP.
+
+  ``options`` tunes the fast path (:class:`ConvOptions`); :func:`make_conv`
+  binds other options for a Flax model's ``conv_general_dilated=``.
+  """
+  if not isinstance(options, ConvOptions):
+    raise ValueError(f"options must be a supsup_jax.conv.ConvOptions, got "
+                     f"{type(options).__name__}")
   if not is_fast_path(lhs, rhs, lhs_dilation, feature_group_count,
                       batch_group_count, preferred_element_type):
     return lax.conv_general_dilated(
@@ -138,7 +185,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   pads = _canonical_pads(in_spatial, window, strides, padding)
   if isinstance(precision, list):
     precision = tuple(precision)
-  return _conv(lhs, rhs, strides, pads, rdil, dn, precision)
+  return _conv(lhs, rhs, strides, pads, rdil, dn, precision, options)
 
 
 def _plain(lhs, rhs, strides, pads, rdil, dn, precision):
@@ -146,7 +193,8 @@ def _plain(lhs, rhs, strides, pads, rdil, dn, precision):
                                   dimension_numbers=dn, precision=precision)
 
 
-def _use_winograd(lhs, rhs, strides, pads, rdil, dn) -> bool:
+def _use_winograd(lhs, rhs, strides, pads, rdil, dn,
+                  options: ConvOptions = DEFAULT_OPTIONS) -> bool:
   """Whether the forward / input gradient use :func:`winograd_conv`."""
   if lhs.ndim != 4 or any(s != 1 for s in strides) or any(d != 1 for d in rdil):
     return False
@@ -155,7 +203,7 @@ def _use_winograd(lhs, rhs, strides, pads, rdil, dn) -> bool:
   if tuple(rhs.shape[d] for d in dn.rhs_spec[2:]) != (3, 3):
     return False
   c_in, c_out = lhs.shape[dn.lhs_spec[1]], rhs.shape[dn.rhs_spec[0]]
-  if min(c_in, c_out) < WINOGRAD_MIN_CHANNELS:
+  if min(c_in, c_out) < options.winograd_min_channels:
     return False
   return all(lhs.shape[d] + lo + hi - 2 >= 1
              for d, (lo, hi) in zip(dn.lhs_spec[2:], pads))
@@ -173,16 +221,17 @@ def _kernel_canonical(rhs, dn):  # (3, 3, I, O)
   return jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
 
 
-def _forward(lhs, rhs, strides, pads, rdil, dn, precision):
-  if not (WINOGRAD_FORWARD and _use_winograd(lhs, rhs, strides, pads, rdil, dn)):
+def _forward(lhs, rhs, strides, pads, rdil, dn, precision, options):
+  if not (options.winograd_forward
+          and _use_winograd(lhs, rhs, strides, pads, rdil, dn, options)):
     return _plain(lhs, rhs, strides, pads, rdil, dn, precision)
   y = winograd_conv(_to_canonical(lhs, dn.lhs_spec), _kernel_canonical(rhs, dn),
-                    pads, precision)
+                    pads, precision, options.winograd_tiles)
   return _from_canonical(y, dn.out_spec)
 
 
-def _input_grad(lhs, rhs, g, strides, pads, rdil, dn, precision):
-  if not _use_winograd(lhs, rhs, strides, pads, rdil, dn):
+def _input_grad(lhs, rhs, g, strides, pads, rdil, dn, precision, options):
+  if not _use_winograd(lhs, rhs, strides, pads, rdil, dn, options):
     f = lambda l: _plain(l, rhs, strides, pads, rdil, dn, precision)
     (dlhs,) = jax.linear_transpose(f, jax.ShapeDtypeStruct(lhs.shape, lhs.dtype))(g)
     return dlhs
@@ -190,33 +239,38 @@ def _input_grad(lhs, rhs, g, strides, pads, rdil, dn, precision):
   # flipped, in/out-swapped kernel, padded by (2 - lo, 2 - hi).
   k = jnp.flip(_kernel_canonical(rhs, dn), (0, 1)).transpose(0, 1, 3, 2)
   dpads = tuple((2 - lo, 2 - hi) for lo, hi in pads)
-  dx = winograd_conv(_to_canonical(g, dn.out_spec), k, dpads, precision)
+  dx = winograd_conv(_to_canonical(g, dn.out_spec), k, dpads, precision,
+                     options.winograd_tiles)
   return _from_canonical(dx, dn.lhs_spec)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv(lhs, rhs, strides, pads, rdil, dn, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv(lhs, rhs, strides, pads, rdil, dn, precision, options):
   # Not differentiated (inference): plain lax.conv. In a whole net its output
   # fuses with the following ReLU / max pool, which the chunked Winograd
   # output cannot: SmallConvNet(64) forward, B=128: lax 204 ms, Winograd 240.
   return _plain(lhs, rhs, strides, pads, rdil, dn, precision)
 
 
-def _conv_fwd(lhs, rhs, strides, pads, rdil, dn, precision):
-  return _forward(lhs, rhs, strides, pads, rdil, dn, precision), (lhs, rhs)
+def _conv_fwd(lhs, rhs, strides, pads, rdil, dn, precision, options):
+  return (_forward(lhs, rhs, strides, pads, rdil, dn, precision, options),
+          (lhs, rhs))
 
 
-def _conv_bwd(strides, pads, rdil, dn, precision, res, g):
+def _conv_bwd(strides, pads, rdil, dn, precision, options, res, g):
   lhs, rhs = res
-  dlhs = _input_grad(lhs, rhs, g, strides, pads, rdil, dn, precision)
-  if WINOGRAD_KERNEL_GRAD and _use_winograd(lhs, rhs, strides, pads, rdil, dn):
+  dlhs = _input_grad(lhs, rhs, g, strides, pads, rdil, dn, precision, options)
+  if (options.winograd_kernel_grad
+      and _use_winograd(lhs, rhs, strides, pads, rdil, dn, options)):
     dk = winograd_kernel_grad(_to_canonical(lhs, dn.lhs_spec),
-                              _to_canonical(g, dn.out_spec), pads, precision)
+                              _to_canonical(g, dn.out_spec), pads, precision,
+                              options.winograd_tiles)
     # canonical (3, 3, I, O) -> rhs layout
     drhs = jnp.transpose(dk, np.argsort((*dn.rhs_spec[2:], dn.rhs_spec[1],
                                          dn.rhs_spec[0])))
   else:
-    drhs = kernel_grad(lhs, g, rhs.shape, strides, pads, rdil, dn, precision)
+    drhs = kernel_grad(lhs, g, rhs.shape, strides, pads, rdil, dn, precision,
+                       options.target_rows)
   return dlhs.astype(lhs.dtype), drhs.astype(rhs.dtype)
 
 
@@ -238,7 +292,7 @@ def winograd_conv(x, k, pads, precision=None, target_tiles: int | None = None):
   16 batched ``(tiles, C) @ (C, O)`` matmuls instead of 9 ``(pixels, C) @
   (C, O)``: 2.25x fewer multiply-adds; the input / output transforms are
   adds only. Batch chunks of ~``target_tiles`` output tiles
-  (:data:`WINOGRAD_TILES`) in a ``lax.map`` keep the transformed tiles in
+  (default ``ConvOptions.winograd_tiles``) in a ``lax.map`` keep the transformed tiles in
   cache. Float32 error vs ``lax.conv`` ~1e-6 of the output's max.
 
   Args:
@@ -260,7 +314,7 @@ def winograd_conv(x, k, pads, precision=None, target_tiles: int | None = None):
   wg = jnp.asarray(_WG, dtype)
   u = jnp.einsum("ai,ijco,bj->abco", wg, k, wg,
                  precision=lax.Precision.HIGHEST).reshape(16, c, o)
-  per, chunks, n_pad = _chunking(n, th * tw, target_tiles or WINOGRAD_TILES)
+  per, chunks, n_pad = _chunking(n, th * tw, target_tiles or DEFAULT_OPTIONS.winograd_tiles)
   if n_pad != n:
     x = jnp.pad(x, [(0, n_pad - n), (0, 0), (0, 0), (0, 0)])
 
@@ -331,7 +385,7 @@ def winograd_kernel_grad(x, dy, pads, precision=None,
   # zeros (so the extra tiles add nothing).
   spad = [(0, 0, 0), (0, 0, 0), (lh, hh + 2 * th - oh, 0), (lw, hw + 2 * tw - ow, 0)]
   dy = jnp.pad(dy, [(0, 0), (0, 2 * th - oh), (0, 2 * tw - ow), (0, 0)])
-  per, chunks, n_pad = _chunking(n, th * tw, target_tiles or WINOGRAD_TILES)
+  per, chunks, n_pad = _chunking(n, th * tw, target_tiles or DEFAULT_OPTIONS.winograd_tiles)
   if n_pad != n:
     x = jnp.pad(x, [(0, n_pad - n), (0, 0), (0, 0), (0, 0)])
     dy = jnp.pad(dy, [(0, n_pad - n), (0, 0), (0, 0), (0, 0)])
@@ -374,7 +428,7 @@ def kernel_grad(lhs, dout, rhs_shape: Sequence[int], strides, pads, rdil,
       kernel dilation, one per spatial dim.
     dimension_numbers: a ``lax.ConvDimensionNumbers``.
     precision: passed to the matmul.
-    target_rows: output pixels per im2col chunk (default :data:`TARGET_ROWS`).
+    target_rows: output pixels per im2col chunk (default ``ConvOptions.target_rows``).
   Returns:
     The kernel gradient with ``rhs_shape``; float32 accumulation for
     low-precision inputs, cast back by the caller.
@@ -390,7 +444,7 @@ def kernel_grad(lhs, dout, rhs_shape: Sequence[int], strides, pads, rdil,
   zero = jnp.zeros((), x.dtype)
   n = x.shape[0]
   rows_per_image = int(np.prod(out_spatial))
-  per, chunks, n_pad = _chunking(n, rows_per_image, target_rows or TARGET_ROWS)
+  per, chunks, n_pad = _chunking(n, rows_per_image, target_rows or DEFAULT_OPTIONS.target_rows)
   if n_pad != n:  # zero images add nothing to the sum
     x = jnp.pad(x, [(0, n_pad - n)] + [(0, 0)] * (nsp + 1))
     dy = jnp.pad(dy, [(0, n_pad - n)] + [(0, 0)] * (nsp + 1))
@@ -442,6 +496,15 @@ def kernel_grad(lhs, dout, rhs_shape: Sequence[int], strides, pads, rdil,
   for k, d in enumerate(dn.rhs_spec[2:]):
     src[d] = k
   return jnp.transpose(g, src)
+
+
+def make_conv(options: ConvOptions = DEFAULT_OPTIONS):
+  """:func:`conv_general_dilated` with ``options`` bound (same signature as
+  :func:`jax.lax.conv_general_dilated`), for a model's ``conv_general_dilated=``."""
+  if not isinstance(options, ConvOptions):
+    raise ValueError(f"options must be a supsup_jax.conv.ConvOptions, got "
+                     f"{type(options).__name__}")
+  return functools.partial(conv_general_dilated, options=options)
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -28,18 +28,19 @@ def _loss(conv_fn, **kw):
   return f
 
 
-def _check(x, k, **kw):
+def _check(x, k, options=conv_lib.DEFAULT_OPTIONS, **kw):
   ref = _loss(lax.conv_general_dilated, **kw)
-  new = _loss(conv_lib.conv_general_dilated, **kw)
+  new = _loss(conv_lib.conv_general_dilated, options=options, **kw)
   y_ref = lax.conv_general_dilated(x, k, **kw)
-  y_new = conv_lib.conv_general_dilated(x, k, **kw)
+  y_new = conv_lib.conv_general_dilated(x, k, options=options, **kw)
   assert y_new.shape == y_ref.shape and y_new.dtype == y_ref.dtype
   # Exact (same lax op) off the Winograd path; Winograd: float round-off.
   np.testing.assert_allclose(np.asarray(y_new), np.asarray(y_ref), rtol=RTOL,
                              atol=ATOL * float(jnp.max(jnp.abs(y_ref))))
   # The forward as computed under differentiation (Winograd where eligible).
   y_vjp = jax.jit(lambda x, k: jax.vjp(
-      lambda x, k: conv_lib.conv_general_dilated(x, k, **kw), x, k)[0])(x, k)
+      lambda x, k: conv_lib.conv_general_dilated(x, k, options=options, **kw),
+      x, k)[0])(x, k)
   assert y_vjp.shape == y_ref.shape and y_vjp.dtype == y_ref.dtype
   np.testing.assert_allclose(np.asarray(y_vjp), np.asarray(y_ref), rtol=RTOL,
                              atol=ATOL * float(jnp.max(jnp.abs(y_ref))))
@@ -83,13 +84,32 @@ def test_1d_and_3d():
          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
 
 
-def test_chunked_scan_path(monkeypatch):
+def test_chunked_scan_path():
   # Force several batch chunks, including a batch that needs zero padding.
-  monkeypatch.setattr(conv_lib, "TARGET_ROWS", 40)
+  options = conv_lib.ConvOptions(target_rows=40)
   for n in (8, 7):
     x, k = _data((n, 6, 6, 3), (3, 3, 3, 4))
-    _check(x, k, window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
-    _check(x, k, window_strides=(2, 2), padding="VALID", dimension_numbers=NHWC)
+    _check(x, k, options, window_strides=(1, 1), padding="SAME",
+           dimension_numbers=NHWC)
+    _check(x, k, options, window_strides=(2, 2), padding="VALID",
+           dimension_numbers=NHWC)
+
+
+def test_options_are_explicit_and_checked():
+  x, k = _data((2, 6, 6, 8), (3, 3, 8, 8))
+  kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+  # make_conv binds options; the bound function keeps lax's signature.
+  conv = conv_lib.make_conv(conv_lib.ConvOptions(winograd_forward=False))
+  f = jax.jit(lambda x, k: jax.vjp(lambda k: conv(x, k, **kw), k)[0])
+  y_ref = lax.conv_general_dilated(x, k, **kw)
+  # Without the Winograd forward, the differentiated forward is lax's, exactly.
+  np.testing.assert_array_equal(np.asarray(f(x, k)), np.asarray(y_ref))
+  for bad in (dict(target_rows=0), dict(winograd_tiles=1.5),
+              dict(winograd_min_channels=True)):
+    with pytest.raises(ValueError, match="ConvOptions"):
+      conv_lib.ConvOptions(**bad)
+  with pytest.raises(ValueError, match="ConvOptions"):
+    conv_lib.conv_general_dilated(x, k, options={"target_rows": 4}, **kw)
 
 
 def test_chunking_helper():
@@ -183,14 +203,14 @@ def test_flax_masked_model_matches_plain_conv():
 
 @pytest.mark.parametrize("stride,rdil", [((1, 1), (1, 1)), ((2, 1), (1, 2)),
                                          ((1, 3), (2, 1))])
-def test_channels_first_patch_slicing(stride, rdil, monkeypatch):
+def test_channels_first_patch_slicing(stride, rdil):
   # Strides / dilation in both the concatenated (last) and the looped (first)
   # spatial dim, several batch chunks, and negative padding.
-  monkeypatch.setattr(conv_lib, "TARGET_ROWS", 30)
+  options = conv_lib.ConvOptions(target_rows=30)
   x, k = _data((5, 12, 11, 3), (3, 2, 3, 4))
   for padding in ["SAME", "VALID", ((2, 1), (-1, 2))]:
-    _check(x, k, window_strides=stride, padding=padding, rhs_dilation=rdil,
-           dimension_numbers=NHWC)
+    _check(x, k, options, window_strides=stride, padding=padding,
+           rhs_dilation=rdil, dimension_numbers=NHWC)
 
 
 def test_kernel_grad_direct():
@@ -271,14 +291,15 @@ def test_winograd_path(padding, hw):
 
 
 @pytest.mark.parametrize("kernel_grad_winograd", [True, False])
-def test_winograd_chunks_and_layout(kernel_grad_winograd, monkeypatch):
-  monkeypatch.setattr(conv_lib, "WINOGRAD_TILES", 6)  # several chunks
-  monkeypatch.setattr(conv_lib, "WINOGRAD_KERNEL_GRAD", kernel_grad_winograd)
+def test_winograd_chunks_and_layout(kernel_grad_winograd):
+  options = conv_lib.ConvOptions(winograd_tiles=6,  # several chunks
+                                 winograd_kernel_grad=kernel_grad_winograd)
   for n in (4, 7):  # 7: the batch is zero-padded to whole chunks
     x, k = _data((n, 6, 5, 10), (3, 3, 10, 8))
-    _check(x, k, window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+    _check(x, k, options, window_strides=(1, 1), padding="SAME",
+           dimension_numbers=NHWC)
   x, k = _data((3, 10, 7, 6), (12, 10, 3, 3))  # NCHW / OIHW
-  _check(x, k, window_strides=(1, 1), padding=((1, 1), (0, 2)))
+  _check(x, k, options, window_strides=(1, 1), padding=((1, 1), (0, 2)))
 
 
 def test_winograd_gating():
