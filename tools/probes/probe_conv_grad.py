@@ -1,6 +1,6 @@
 """Probe: kernel-gradient-only timings for one 3x3 64->64 conv, B=128, 32x32.
 
-python -m benchmarks.probe_conv_grad [method ...]
+python -m tools.probes.probe_conv_grad [method ...]
 """
 import sys, time
 import numpy as np

@@ -1,6 +1,6 @@
 """Probe: forward / input-gradient variants for one 3x3 64->64 conv, B=128, 32x32.
 
-python -m benchmarks.probe_fwd [rounds]   (variants interleaved; median/min ms)
+python -m tools.probes.probe_fwd [rounds]   (variants interleaved; median/min ms)
 """
 import sys, time
 import numpy as np

@@ -1,6 +1,6 @@
 """Probe: per-layer fwd / input-grad / kernel-grad times of the GG conv net.
 
-python -m benchmarks.probe_layers [rounds]   (interleaved; median/min ms)
+python -m tools.probes.probe_layers [rounds]   (interleaved; median/min ms)
 """
 import sys, time
 import numpy as np
@@ -75,7 +75,7 @@ def bwd_fused(x, dy, k):
   """dX and dK of the Winograd conv in one scan over batch chunks."""
   kf = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
   n, h, w, _ = x.shape
-  per = max(1, cl.WINOGRAD_TILES // ((h // 2) * (w // 2)))
+  per = max(1, cl.DEFAULT_OPTIONS.winograd_tiles // ((h // 2) * (w // 2)))
   big = 1 << 30
   xs = x.reshape(n // per, per, *x.shape[1:]); ds = dy.reshape(n // per, per, *dy.shape[1:])
 

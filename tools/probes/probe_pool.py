@@ -1,6 +1,6 @@
 """Probe: relu + 2x2 max pool, value and gradient, 64ch B=128 32x32 (interleaved).
 
-python -m benchmarks.probe_pool [rounds]
+python -m tools.probes.probe_pool [rounds]
 """
 import sys, time
 import numpy as np

@@ -1,4 +1,4 @@
-"""Probe: where the GG conv4 train step spends its time (python -m benchmarks.probe_step)."""
+"""Probe: where the GG conv4 train step spends its time (python -m tools.probes.probe_step)."""
 import sys
 import time
 import jax, jax.numpy as jnp, numpy as np

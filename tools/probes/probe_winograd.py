@@ -1,6 +1,6 @@
 """Probe: Winograd F(2x2,3x3) forward for a 3x3 64->64 SAME conv, B=128, 32x32.
 
-python -m benchmarks.probe_winograd [rounds]   (interleaved vs lax; median/min ms)
+python -m tools.probes.probe_winograd [rounds]   (interleaved vs lax; median/min ms)
 """
 import sys, time
 import numpy as np
