@@ -123,7 +123,7 @@ def test_report_and_plot_agree_with_results(tmp_path):
     assert cells[9] == f"{100 * r['avg_accuracy']:.2f} %"
     assert cells[10] == f"{100 * r['task_inference_accuracy']:.2f} %"
     assert cells[11] == f"{100 * np.mean(r['accuracy_just_trained']):.2f} %"
-    assert cells[6] == str(r["num_tasks"]) == "8"
+    assert cells[6] == str(r["num_tasks"]) == "6"
     # Plot: one point per evaluation point, the row averages in percent.
     assert plotted[run]["tasks_learned"] == r["eval_after_tasks"]
     want = [100 * np.mean([v for v in row if v is not None]) for row in r["accuracy_matrix"]]
@@ -133,8 +133,8 @@ def test_report_and_plot_agree_with_results(tmp_path):
   assert all(rows[r][12] == "figure only" for r in ("fc_h", "lenet_g", "lenet_h"))
   assert "Reduced scale" in report
   # The reductions are listed with both values.
-  assert "| `fc_g` | `num_tasks` | 250 | 8 |" in report
-  assert "| `fc_g` | `iterations_per_task` | 1000 | 250 |" in report
+  assert "| all | `num_tasks` | 250 | 6 |" in report
+  assert "| all | `iterations_per_task` | 1000 | 200 |" in report
   # Honest axes, one panel per model, and the PNG and JSON were written.
   assert data["ylims"] == [(0.0, 100.0), (0.0, 100.0)]
   import matplotlib.image  # pylint: disable=import-outside-toplevel
