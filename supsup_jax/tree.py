@@ -37,7 +37,10 @@ def check_tree(tree: Any, what: str = "tree") -> None:
 
 
 def flatten(tree: Params, what: str = "tree") -> dict[Path, Any]:
-  """{path tuple: leaf} of a nested mapping (ValueError if it is not one)."""
+  """{path tuple: leaf} of a nested mapping (ValueError if it is not one).
+  A Flax NNX ``State`` (from ``nnx.split``) is read as its pure dict."""
+  if hasattr(tree, "to_pure_dict") and not isinstance(tree, dict):
+    tree = tree.to_pure_dict()
   check_tree(tree, what)
   return traverse_util.flatten_dict(unbox(dict(tree)))
 
