@@ -2,6 +2,7 @@
 one-shot task inference over a bit-packed bank, and PermutedMNIST input."""
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -10,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.registry import Stats, benchmark
+from supsup_jax import masks as masks_lib
+from supsup_jax import masked_model as ss_masked
 from supsup_jax import bank as bank_lib
 from supsup_jax import inference
 from supsup_jax import models
@@ -22,7 +25,7 @@ X28 = np.zeros((1, 28, 28, 1), np.float32)
 def _lenet(outputs=10):
   model = models.LeNet300100(outputs)
   weights = weights_lib.init_weights(model, 0, X28)
-  masked = training.MaskedModel(model, training.MaskSpec("threshold"), 10)
+  masked = ss_masked.MaskedModel(model, masks_lib.MaskSpec("threshold"), 10)
   return model, weights, masked
 
 
@@ -114,6 +117,85 @@ def oneshot_ms_k250():
 def oneshot_ms_k2500():
   """One-shot inference over 2500 LeNet (out 500) masks from the packed bank, batch 128."""
   return _oneshot(2500)
+
+
+@functools.partial(jax.jit, static_argnames=("masked", "layout"))
+def _alpha_grad_lut(masked, layout, weights, rows, counts, num_tasks, images):
+  """inference.alpha_grad with the XLA lookup-table bank pass (before bitdot)."""
+  mean = layout.unflatten(counts.astype(jnp.float32) / num_tasks)
+  g = inference.effective_weight_grad(masked, weights, mean, images, "entropy")
+  return bank_lib._rows_dot_xla(rows, layout.flatten(g), num_tasks.astype(jnp.int32),
+                                packed=True, block=64)
+
+
+@benchmark("oneshot_ms_k2500_lut", "ms")
+def oneshot_ms_k2500_lut():
+  """oneshot_ms_k2500 with the XLA per-byte lookup table instead of the kernel."""
+  _, weights, masked = _lenet(500)
+  state = random_bank(weights, 2500).state
+  x, _ = _batch()
+  n = state.num_tasks.astype(jnp.float32)
+  return lambda: _alpha_grad_lut(masked, state.layout, weights, state.rows,
+                                 state.counts, n, x)
+
+
+@benchmark("oneshot_grad_only_ms", "ms")
+def oneshot_grad_only_ms():
+  """Limit part 1: the backward pass of one-shot alone (LeNet out 500, batch
+  128, at a 2500-task mean mask), no bank pass."""
+  _, weights, masked = _lenet(500)
+  state = random_bank(weights, 2500).state
+  x, _ = _batch()
+  f = jax.jit(lambda w, c, x: state.layout.flatten(inference.effective_weight_grad(
+      masked, w, state.layout.unflatten(c.astype(jnp.float32) / 2500), x, "entropy")))
+  return lambda: f(weights, state.counts, x)
+
+
+@benchmark("bank_pass_ms_k2500", "ms")
+def bank_pass_ms_k2500():
+  """The bank pass alone: bank.rows_dot over 2500 packed LeNet (out 500) rows."""
+  _, weights, _ = _lenet(500)
+  state = random_bank(weights, 2500).state
+  g = jax.random.normal(jax.random.key(1), (state.layout.num_bits,))
+  f = jax.jit(lambda r, g, n: bank_lib.rows_dot(r, g, n))
+  return lambda: f(state.rows, g, state.num_tasks)
+
+
+@benchmark("limit_memcpy_ms_98mb", "ms")
+def limit_memcpy_ms_98mb():
+  """Limit: memcpy (numpy, one core) of 98.5 MB, the 2500-task packed bank."""
+  src = np.random.default_rng(0).integers(0, 256, 2500 * 39400, dtype=np.uint8)
+  dst = np.empty_like(src)
+  return lambda: np.copyto(dst, src)
+
+
+@benchmark("limit_matmul_ms_665m", "ms")
+def limit_matmul_ms_665m():
+  """Limit: a float32 matmul with the bank pass's multiply-adds (2500 x 266,200
+  = 665.5 M), in cache: [1024, 1040] @ [1040, 625], XLA on all cores."""
+  a = jax.random.normal(jax.random.key(0), (1024, 1040))
+  b = jax.random.normal(jax.random.key(1), (1040, 625))
+  f = jax.jit(jnp.dot)
+  return lambda: f(a, b)
+
+
+@benchmark("binary_ms_k2500", "ms")
+def binary_ms_k2500():
+  """Binary task inference (halving rounds) over 2500 LeNet (out 500) masks, one batch of 128."""
+  _, weights, masked = _lenet(500)
+  bank = random_bank(weights, 2500)
+  x, _ = _batch()
+  return lambda: inference.binary_many(masked, weights, bank, x[None], num_tasks=2500)
+
+
+@benchmark("per_example_ms_k2500", "ms")
+def per_example_ms_k2500():
+  """Per-example one-shot inference over 2500 masks: 128 images, each its own unit."""
+  _, weights, masked = _lenet(500)
+  bank = random_bank(weights, 2500)
+  x, _ = _batch()
+  return lambda: inference.alpha_grads_many(masked, weights, bank, x[:, None],
+                                            num_tasks=2500)
 
 
 @benchmark("oneshot_peak_rss_mb_k2500", "MB", peak_rss=True)

@@ -8,10 +8,10 @@ alpha, so the gradient of an objective w.r.t. alpha factorises:
 
 One backward pass at the uniform superposition gives G = (d obj/d W_eff) * W
 flattened to ``[num_bits]``; the k gradients are then one pass over the
-bit-packed bank. The pass uses a per-byte lookup table: for byte position j,
-``lut[j, v] = sum_b bit_b(v) * G[8j + b]``, so a task's gradient is
-``sum_j lut[j, rows[i, j]]`` and the masks are never unpacked to floats.
-Rows are processed a block of tasks at a time.
+bit-packed bank (``bank.rows_dot``; N units at once: ``bank.rows_matmul``).
+On CPU the pass is a compiled kernel (``supsup_jax.bitdot``: 16 bits of a
+mask are an AVX-512 write mask over G, so the masks are never unpacked);
+elsewhere a per-byte lookup table, ``lut[j, v] = sum_b bit_b(v) * G[8j + b]``.
 
 Objectives (``objective=``):
   * "entropy" (H): mean Shannon entropy of the softmax over all outputs.
@@ -146,10 +146,9 @@ def _alpha_grads_units(masked, layout, weights, rows, counts, num_tasks, alive,
 
   rows: [capacity, bytes]; alive: [N, capacity] bool (ignored if all_alive,
   then the bank's kept counts give the mean); images_many: [N, n, ...].
-  Returns [N, capacity]; every product is a matmul over a block of unpacked
-  rows, so N units cost about as much as one pass over the bank.
+  Returns [N, capacity]; the bank products are bank.rows_matmul (masked adds
+  over the packed bits on CPU, block-unpacked matmuls elsewhere).
   """
-  capacity = rows.shape[0]  # a multiple of block (bank.ROW_ALIGN)
   n_blocks = (num_tasks.astype(jnp.int32) + block - 1) // block
   n_units = images_many.shape[0]
   if all_alive:
@@ -172,12 +171,10 @@ def _alpha_grads_units(masked, layout, weights, rows, counts, num_tasks, alive,
 
   g = jax.vmap(unit_grad)(means, images_many)  # [N, num_bits]
 
-  def dot_block(i, out):
-    return jax.lax.dynamic_update_slice_in_dim(
-        out, _unpack_block(rows, i, block, layout, packed) @ g.T, i * block, 0)
-
-  out = jax.lax.fori_loop(0, n_blocks, dot_block,
-                          jnp.zeros((capacity, n_units), jnp.float32))
+  # [capacity, N]: the compiled masked-add kernel on CPU (no unpacking),
+  # else block-unpacked matmuls.
+  out = bank_lib.rows_matmul(rows, g, num_tasks.astype(jnp.int32), packed=packed,
+                             block=block)
   return out.T
 
 
