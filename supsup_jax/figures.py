@@ -46,6 +46,8 @@ class Run:
   config: str                               # module name in launch/configs
   label: str                                # legend entry
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  color: int | None = None                  # matplotlib "C<n>"; None = by position
+  dashed: bool = False                      # e.g. H dashed, G solid (both visible when equal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +82,16 @@ class Figure:
     return tuple(r for p in self.panels_at(scale) for r in p.runs)
 
 
-def _h_g(prefix: str, config: str, out: int, extra: Mapping | None = None) -> tuple[Run, ...]:
-  """The H (entropy) and G (superfluous-neuron) lines of one model."""
-  extra = dict(extra or {})
+def _h_g(prefix: str, config: str, out: int, color: int = 0) -> tuple[Run, ...]:
+  """The H (entropy, dashed) and G (superfluous neurons, solid) lines of one
+  model, in one colour. Same seed, so both train the same masks and differ
+  only in how the task is inferred."""
   return (Run(f"{prefix}_h", config, f"SupSup GNu, H (s={out})",
               {"num_outputs": out, "inference_objective": "entropy",
-               "compare_objectives": (), **extra}),
+               "compare_objectives": ()}, color=color, dashed=True),
           Run(f"{prefix}_g", config, f"SupSup GNu, G (s={out})",
               {"num_outputs": out, "inference_objective": "g",
-               "compare_objectives": (), **extra}))
+               "compare_objectives": ()}, color=color))
 
 
 # CPU scales: sized so that one figure takes a few minutes on 2 idle cores
@@ -143,11 +146,11 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
                 "(H: entropy, G) on One-Shot GNu PermutedMNIST, LeNet 300-100 (left) and "
                 "FC 1024-1024 (right)",
         panels=(Panel("LeNet 300-100", tuple(
-                    r for s in (25, 100, 200)
-                    for r in _h_g(f"lenet_s{s}", "gnu_permuted_mnist_lenet", s))),
+                    r for i, s in enumerate((25, 100, 200))
+                    for r in _h_g(f"lenet_s{s}", "gnu_permuted_mnist_lenet", s, i))),
                 Panel("FC 1024-1024", tuple(
-                    r for s in (25, 100, 200)
-                    for r in _h_g(f"fc_s{s}", "gnu_permuted_mnist_fc", s)), at_cpu=False)),
+                    r for i, s in enumerate((25, 100, 200))
+                    for r in _h_g(f"fc_s{s}", "gnu_permuted_mnist_fc", s, i)), at_cpu=False)),
         cpu_overrides=_CPU_PERMUTED,
         notes="The paper gives this experiment as a figure only (no number in the text). "
               "The CPU scale draws the LeNet panel only; the FC panel runs at "
@@ -315,6 +318,8 @@ def write_outputs(workdir: str, name: str, scale: str,
       cfg = r.get("config") or {}
       lines.append({
           "run": run.name, "label": run.label, "config": run.config,
+          "color": f"C{(len(lines) if run.color is None else run.color) % 10}",
+          "dashed": run.dashed,
           "tasks_learned": xs, "avg_accuracy_pct": acc, "task_inference_pct": inf,
           "final_accuracy_pct": 100 * float(r["avg_accuracy"]),
           "final_task_inference_pct": (None if r.get("task_inference_accuracy") is None
@@ -358,11 +363,13 @@ def plot(path: str, data: Mapping) -> list[tuple[float, float]]:
   ylims = []
   for ax, panel in zip(axes[0], panels):
     last = 1
-    for i, line in enumerate(panel["lines"]):
+    for line in panel["lines"]:
       xs, ys = line["tasks_learned"], line["avg_accuracy_pct"]
       last = max(last, max(xs))
-      ax.plot(xs, ys, "o-" if len(xs) <= 40 else "-", color=f"C{i % 10}", clip_on=False,
-              markersize=4, label=f"{line['label']} ({ys[-1]:.2f} % after {xs[-1]})")
+      ax.plot(xs, ys, ("s" if line["dashed"] else "o") if len(xs) <= 40 else "",
+              linestyle="--" if line["dashed"] else "-", color=line["color"],
+              markersize=6 if line["dashed"] else 3.5, clip_on=False,
+              label=f"{line['label']} ({ys[-1]:.2f} % after {xs[-1]})")
     ax.set_xlim(0, last + max(1.0, 0.03 * last))
     ax.xaxis.set_major_locator(ticker.MaxNLocator(10, integer=True, steps=[1, 2, 2.5, 5, 10]))
     ax.set_ylim(0, 100)
@@ -371,8 +378,9 @@ def plot(path: str, data: Mapping) -> list[tuple[float, float]]:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     ylims.append(tuple(ax.get_ylim()))
-  fig.suptitle(f"{data['paper_figure']} ({data['figure']}, scale {data['scale']}): "
-               f"{PAPER}", fontsize=9)
+  fig.suptitle(f"{data['paper_figure']} of Wortsman et al. 2020 (arXiv:2006.14769)\n"
+               f"launch.reproduce --figure={data['figure']} --scale={data['scale']}",
+               fontsize=9)
   fig.tight_layout()
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=fig.dpi)
