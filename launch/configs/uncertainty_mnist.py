@@ -3,7 +3,8 @@ r"""Uncertainty from masks: MNIST in distribution, Fashion-MNIST out of distribu
 LeNet-sized MLP 784-300-100-10; one method per run (``--config.method=``
 single | mc_dropout | masksembles | deep_ensemble | supermask_ensemble), N = 4
 members / masks / samples. CPU-sized default: 2000 steps of batch 128 (about 4
-epochs; seconds to a minute per method on 2 cores). The five-method table:
+epochs; 1.5-3 minutes per method on a busy 2-core CPU, ensembles the
+longest). The five-method table (list the workdirs in this order):
   for m in single mc_dropout masksembles deep_ensemble supermask_ensemble; do
     python -m launch.main --config=launch/configs/uncertainty_mnist.py \
         --workdir=runs/uncertainty_mnist/$m --config.method=$m
