@@ -23,6 +23,7 @@ setuptools.setup(
         "matplotlib>=3.7",
         "tensorboardX>=2.6",  # TensorBoard scalars without importing TensorFlow
         "numpy>=1.26",
+        "scipy>=1.10",  # rank statistics (AUROC) in the uncertainty study
         # Building the official tfds builders (mnist, fashion_mnist, cifar10,
         # cifar100, imagenet2012) and reading ImageFolder needs TensorFlow.
         "tensorflow-datasets>=4.9.4",
