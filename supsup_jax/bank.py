@@ -332,6 +332,35 @@ def _rows_matmul_kernel_bwd(block, res, ct):
 _rows_matmul_kernel.defvjp(_rows_matmul_kernel_fwd, _rows_matmul_kernel_bwd)
 
 
+def rows_weighted_sum(rows: jax.Array, a: jax.Array, num_rows, num_bits: int, *,
+                      packed: bool = True, block: int = 64) -> jax.Array:
+  """``a[:, :num_rows] @ unpack(rows[:num_rows])``: ``[N, num_bits]`` float32
+  for per-row weights ``a [N, capacity]`` (binary inference: each unit's
+  alive tasks). On CPU the compiled kernel (:func:`supsup_jax.bitdot.
+  rows_weighted_sum`); elsewhere ``block`` rows at a time unpacked and
+  multiplied. Not differentiable on the kernel path."""
+  if (packed and rows.ndim == 2 and rows.dtype == jnp.uint8 and a.ndim == 2
+      and jax.default_backend() == "cpu"):
+    from supsup_jax import bitdot  # pylint: disable=import-outside-toplevel
+    if bitdot.available():
+      return bitdot.rows_weighted_sum(rows, a.astype(jnp.float32), num_rows, num_bits)
+  capacity = rows.shape[0]
+  a = a.astype(jnp.float32)
+  if capacity % block:
+    rows = jnp.pad(rows, ((0, block - capacity % block), (0, 0)))
+    a = jnp.pad(a, ((0, 0), (0, block - capacity % block)))
+
+  def add_block(i, acc):
+    ab = jax.lax.dynamic_slice_in_dim(a, i * block, block, axis=1)
+    rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
+    bits = jnp.unpackbits(rb, axis=-1, count=num_bits) if packed else rb
+    return acc + ab @ bits.astype(jnp.float32)
+
+  n_blocks = (num_rows + block - 1) // block
+  return jax.lax.fori_loop(0, n_blocks, add_block,
+                           jnp.zeros((a.shape[0], num_bits), jnp.float32))
+
+
 def dot(bank: BankState, flat_g: jax.Array, *, block: int = 64) -> jax.Array:
   """``[capacity]``: the product of every stored mask with ``flat_g``
   (``[num_bits]``); zero past ``num_tasks``. Pure and jittable."""

@@ -39,6 +39,7 @@ import numpy as np
 
 TARGET = "supsup_bitdot_rows_dot"
 TARGET_MATMUL = "supsup_bitdot_rows_matmul"
+TARGET_WSUM = "supsup_bitdot_rows_weighted_sum"
 
 _SOURCE = r"""
 #include <algorithm>
@@ -270,6 +271,109 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Attr<int64_t>("threads")
         .Attr<int64_t>("portable")
         .Ret<ffi::Buffer<ffi::F32>>());
+
+// Weighted sums of rows: out[u, k] = sum_{r < n} a[u, r] * bit_k(row r). Each
+// thread owns a range of column chunks of Q 16-bit words; per chunk, U units
+// x Q words of accumulators stay in registers while all rows stream past.
+template <int U, int Q>
+__attribute__((target("avx512f,avx512bw")))
+static void tsum_avx512(const uint8_t* rows, int64_t nbytes, const float* a,
+                        int64_t cap, int64_t n, int64_t u0, int64_t c0, int64_t c1,
+                        float* outp, int64_t ostride) {
+  for (int64_t c = c0; c < c1; c += Q / 4) {  // 64-bit chunks c .. c + Q/4 - 1
+    __m512 acc[U][Q];
+    for (int u = 0; u < U; ++u)
+      for (int q = 0; q < Q; ++q) acc[u][q] = _mm512_setzero_ps();
+    const int64_t nb = std::max<int64_t>(0, std::min<int64_t>(2 * Q, nbytes - 8 * c));
+    for (int64_t r = 0; r < n; ++r) {
+      uint16_t m[Q] = {};
+      std::memcpy(m, rows + r * nbytes + 8 * c, nb);
+      for (int u = 0; u < U; ++u) {
+        const __m512 av = _mm512_set1_ps(a[(u0 + u) * cap + r]);
+        for (int q = 0; q < Q; ++q)
+          acc[u][q] = _mm512_mask_add_ps(acc[u][q], (__mmask16)m[q], acc[u][q], av);
+      }
+    }
+    for (int u = 0; u < U; ++u)
+      for (int q = 0; q < Q; ++q)
+        _mm512_storeu_ps(outp + (u0 + u) * ostride + 64 * c + 16 * q, acc[u][q]);
+  }
+}
+
+static void tsum_generic(const uint8_t* rows, int64_t nbytes, const float* a,
+                         int64_t cap, int64_t n, int64_t nunits, int64_t c0, int64_t c1,
+                         float* outp, int64_t ostride) {
+  for (int64_t u = 0; u < nunits; ++u) {
+    float* o = outp + u * ostride;
+    for (int64_t r = 0; r < n; ++r) {
+      const float w = a[u * cap + r];
+      const uint8_t* p = rows + r * nbytes;
+      for (int64_t j = 8 * c0; j < std::min(nbytes, 8 * c1); ++j)
+        for (int k = 0; k < 8; ++k) o[8 * j + k] += (p[j] >> k & 1) ? w : 0.f;
+    }
+  }
+}
+
+static ffi::Error RowsWeightedSumImpl(ffi::Buffer<ffi::U8> rows, ffi::Buffer<ffi::F32> a,
+                                      ffi::Buffer<ffi::S32> num_rows, int64_t threads,
+                                      int64_t portable, ffi::ResultBuffer<ffi::F32> out) {
+  auto dims = rows.dimensions();
+  auto adims = a.dimensions();
+  auto odims = out->dimensions();
+  if (dims.size() != 2 || adims.size() != 2 || adims[1] != dims[0])
+    return ffi::Error::InvalidArgument("rows [cap, bytes] and a [N, cap] expected");
+  const int64_t cap = dims[0], nbytes = dims[1], nunits = adims[0], nbits = odims[1];
+  if (nbits > 8 * nbytes) return ffi::Error::InvalidArgument("more bits than the rows hold");
+  const int64_t n = std::clamp<int64_t>(num_rows.typed_data()[0], 0, cap);
+  // 64-bit chunks, rounded up to whole groups of 4 (the widest chunk step).
+  const int64_t nchunks = (nbytes + 31) / 32 * 4;
+  const int64_t ostride = 64 * nchunks;
+  std::vector<float> outp(ostride * nunits, 0.f);
+  const bool avx512 = !portable && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw");
+  auto run = [&](int64_t c0, int64_t c1) {
+    if (!avx512) {
+      tsum_generic(rows.typed_data(), nbytes, a.typed_data(), cap, n, nunits, c0, c1,
+                   outp.data(), ostride);
+      return;
+    }
+    int64_t u0 = 0;
+    const uint8_t* rp = rows.typed_data();
+    const float* ap = a.typed_data();
+    for (; u0 + 4 <= nunits; u0 += 4)
+      tsum_avx512<4, 4>(rp, nbytes, ap, cap, n, u0, c0, c1, outp.data(), ostride);
+    switch (nunits - u0) {  // fewer units: wider chunks, ~16 accumulators
+      case 3: tsum_avx512<3, 4>(rp, nbytes, ap, cap, n, u0, c0, c1, outp.data(), ostride); break;
+      case 2: tsum_avx512<2, 8>(rp, nbytes, ap, cap, n, u0, c0, c1, outp.data(), ostride); break;
+      case 1: tsum_avx512<1, 16>(rp, nbytes, ap, cap, n, u0, c0, c1, outp.data(), ostride); break;
+      default: break;
+    }
+  };
+  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, nchunks / 16));
+  std::vector<std::thread> pool;
+  const int64_t per = ((nchunks + t - 1) / t + 3) / 4 * 4;  // whole groups of 4
+  for (int64_t i = 1; i < t; ++i) {
+    const int64_t c0 = i * per, c1 = std::min(nchunks, c0 + per);
+    if (c0 < c1) pool.emplace_back(run, c0, c1);
+  }
+  run(0, std::min(nchunks, per));
+  for (auto& th : pool) th.join();
+  float* o = out->typed_data();
+  for (int64_t u = 0; u < nunits; ++u)
+    for (int64_t i = 0; i < nbits; ++i)
+      o[u * nbits + i] = outp[u * ostride + (i & ~int64_t(7)) + 7 - (i & 7)];
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SupsupRowsWeightedSum, RowsWeightedSumImpl,
+    ffi::Ffi::Bind()
+        .Arg<ffi::Buffer<ffi::U8>>()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::S32>>()
+        .Attr<int64_t>("threads")
+        .Attr<int64_t>("portable")
+        .Ret<ffi::Buffer<ffi::F32>>());
 """
 
 _lock = threading.Lock()
@@ -322,6 +426,9 @@ def available() -> bool:
           jax.ffi.register_ffi_target(TARGET_MATMUL,
                                       jax.ffi.pycapsule(lib.SupsupRowsMatmul),
                                       platform="cpu")
+          jax.ffi.register_ffi_target(TARGET_WSUM,
+                                      jax.ffi.pycapsule(lib.SupsupRowsWeightedSum),
+                                      platform="cpu")
           _state["ok"] = True
         except Exception as e:  # pylint: disable=broad-except
           _state["error"] = f"{type(e).__name__}: {e}"
@@ -366,5 +473,18 @@ def rows_matmul(rows: jax.Array, g: jax.Array, num_rows, *,
                           jax.ShapeDtypeStruct((rows.shape[0], g.shape[0]), jnp.float32),
                           vmap_method="sequential")
   return call(rows, g.astype(jnp.float32), jnp.asarray(num_rows, jnp.int32),
+              threads=np.int64(threads or default_threads()),
+              portable=np.int64(bool(portable)))
+
+
+def rows_weighted_sum(rows: jax.Array, a: jax.Array, num_rows, num_bits: int, *,
+                      threads: int | None = None, portable: bool = False) -> jax.Array:
+  """``a[:, :num_rows] @ unpack(rows[:num_rows])`` on CPU: ``[N, num_bits]``
+  float32 for weights ``a [N, capacity]`` (e.g. each unit's alive tasks in
+  binary inference). Call only when :func:`available`."""
+  call = jax.ffi.ffi_call(TARGET_WSUM,
+                          jax.ShapeDtypeStruct((a.shape[0], int(num_bits)), jnp.float32),
+                          vmap_method="sequential")
+  return call(rows, a.astype(jnp.float32), jnp.asarray(num_rows, jnp.int32),
               threads=np.int64(threads or default_threads()),
               portable=np.int64(bool(portable)))

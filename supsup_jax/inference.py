@@ -132,12 +132,6 @@ def alpha_grad(masked: MaskedModel, weights, bank, images: jax.Array, *,
   return grads[:k]
 
 
-def _unpack_block(rows, i, block, layout, packed):
-  rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
-  bits = jnp.unpackbits(rb, axis=-1, count=layout.num_bits) if packed else rb
-  return bits.astype(jnp.float32)  # [block, num_bits]
-
-
 @functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
                                               "packed", "block", "all_alive"))
 def _alpha_grads_units(masked, layout, weights, rows, counts, num_tasks, alive,
@@ -149,20 +143,14 @@ def _alpha_grads_units(masked, layout, weights, rows, counts, num_tasks, alive,
   Returns [N, capacity]; the bank products are bank.rows_matmul (masked adds
   over the packed bits on CPU, block-unpacked matmuls elsewhere).
   """
-  n_blocks = (num_tasks.astype(jnp.int32) + block - 1) // block
   n_units = images_many.shape[0]
   if all_alive:
     means = jnp.broadcast_to(counts.astype(jnp.float32) / num_tasks,
                              (n_units, layout.num_bits))
   else:
     alive_f = alive.astype(jnp.float32)
-
-    def add_block(i, acc):
-      a = jax.lax.dynamic_slice_in_dim(alive_f, i * block, block, axis=1)
-      return acc + a @ _unpack_block(rows, i, block, layout, packed)
-
-    sums = jax.lax.fori_loop(0, n_blocks, add_block,
-                             jnp.zeros((n_units, layout.num_bits), jnp.float32))
+    sums = bank_lib.rows_weighted_sum(rows, alive_f, num_tasks.astype(jnp.int32),
+                                      layout.num_bits, packed=packed, block=block)
     means = sums / jnp.sum(alive_f, axis=1, keepdims=True)
 
   def unit_grad(mean, images):

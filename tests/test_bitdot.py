@@ -117,3 +117,22 @@ def test_bank_rows_matmul_equals_dense_and_its_grad():
   g_fast = jax.grad(lambda g: jnp.sum(jnp.cos(bank_lib.rows_matmul(rows, g, 50)) * w))(g)
   g_ref = jax.grad(lambda g: jnp.sum(jnp.cos(dense @ g.T) * keep * w))(g)
   np.testing.assert_allclose(np.asarray(g_fast), np.asarray(g_ref), rtol=2e-4, atol=2e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("num_units", [1, 3, 4, 9])
+@pytest.mark.parametrize("portable", [False, True])
+def test_rows_weighted_sum_matches_float64(num_units, portable):
+  num_bits = 8 * 300 + 3  # a partial last chunk and a partial last byte
+  rows, _ = _case(70, num_bits, seed=9)
+  a = np.random.default_rng(10).random((num_units, 70)).astype(np.float32)
+  a[a < 0.3] = 0  # alive / not alive, and weights
+  bits = np.unpackbits(rows, axis=1, count=num_bits).astype(np.float64)
+  for n in (0, 1, 37, 70):
+    out = np.asarray(jax.jit(lambda r, a, n: bitdot.rows_weighted_sum(
+        r, a, n, num_bits, portable=portable))(rows, a, jnp.int32(n)))
+    ref = a[:, :n].astype(np.float64) @ bits[:n]
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4)
+  # bank's wrapper (the kernel on CPU) agrees with the reference too.
+  out = bank_lib.rows_weighted_sum(jnp.asarray(rows), jnp.asarray(a), 70, num_bits)
+  np.testing.assert_allclose(np.asarray(out), a.astype(np.float64) @ bits, rtol=0, atol=1e-4)
