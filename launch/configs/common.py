@@ -45,6 +45,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.inference_objective = "entropy"   # entropy (H) | g (G)
   c.inference_examples = 1       # images per batch used to infer; 0 = all
   c.per_example_inference = False
+  # Methods that train weights (baselines, PackNet).
+  c.trained_init = "kaiming_normal"  # init of trained weights
+  c.weight_learning_rate = 0.0   # 0 -> learning_rate; steps that train weights
+  c.adapt_learning_rate = 1e-2   # BatchE factors / separate heads after task 1
+  c.adapt_optimizer = "adam"     # separate heads and BatchE (authors' code)
+  c.abatche_inference = "entropy"  # entropy | oneshot
+  c.packnet_prune_fraction = -1.0  # < 0: an even split of the weights over tasks
+  c.packnet_prune_at = 0.7       # fraction of a task's steps before pruning
   # NNs (no task identity): detection of new data.
   c.nns_check_every = 100        # batches between decisions
   c.max_masks = 2500             # cap on allocated masks
