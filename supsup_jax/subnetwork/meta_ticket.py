@@ -32,6 +32,7 @@ from supsup_jax import metrics
 from supsup_jax import models
 from supsup_jax import weights as weights_lib
 from supsup_jax.data import NORM, load_dataset
+from supsup_jax.data import transforms
 
 
 def class_table(dataset: str, split: str, data_dir=None, download=False):
@@ -51,16 +52,13 @@ def make_sampler(table, mean, std, ways: int, shots: int, queries: int):
   num_classes, per_class = table.shape[0], table.shape[1]
   if ways > num_classes:
     raise ValueError(f"ways={ways} exceeds the {num_classes} classes of the dataset")
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
 
   def sample(key):
     kc, ki = jax.random.split(key)
     classes = jax.random.permutation(kc, num_classes)[:ways]
     idx = jax.vmap(lambda k: jax.random.permutation(k, per_class)[:shots + queries])(
         jax.random.split(ki, ways))
-    imgs = table[classes[:, None], idx].astype(jnp.float32)  # [ways, s+q, H, W, ch]
-    imgs = (imgs / 255.0 - mean) / std
+    imgs = transforms.normalize(table[classes[:, None], idx], mean, std)  # [ways, s+q, H, W, ch]
     labels = jnp.broadcast_to(jnp.arange(ways)[:, None], (ways, shots + queries))
     xs = imgs[:, :shots].reshape(ways * shots, *imgs.shape[2:])
     xq = imgs[:, shots:].reshape(ways * queries, *imgs.shape[2:])

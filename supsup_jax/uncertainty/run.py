@@ -33,6 +33,7 @@ from supsup_jax.training import make_optimizer
 from supsup_jax.uncertainty import calibration
 from supsup_jax.uncertainty import masksembles as masksembles_lib
 from supsup_jax.uncertainty import members as members_lib
+from supsup_jax.data import transforms
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 _KEY_INIT, _KEY_TRAIN, _KEY_EVAL = 0, 1, 2
@@ -108,8 +109,7 @@ def load_data(config, num_streams: int):
   ood_cls = _classes(config.ood_classes)
   if ood_cls:
     x_ood = x_ood[np.isin(y_ood, ood_cls)]
-  x_ood = (x_ood.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(
-      std, np.float32)
+  x_ood = np.asarray(transforms.normalize(x_ood, mean, std))
   num_classes = len(id_cls) if id_cls else int(data["num_classes"])
   return stream, np.asarray(x_test), np.asarray(y_test), x_ood.astype(np.float32), num_classes
 
