@@ -126,7 +126,7 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
         panels=(Panel("LeNet 300-100, output 500",
                       (Run("gnu_g", "gnu_permuted_mnist_2500", "SupSup GNu, G"),
                        Run("gnu_h", "gnu_permuted_mnist_2500", "SupSup GNu, H",
-                           {"inference_objective": "entropy"}),
+                           {"inference_objective": "entropy"}, dashed=True),
                        Run("nns", "nns_permuted_mnist", "SupSup NNs, H",
                            {"num_tasks": 2500}))),),
         cpu_overrides={"num_tasks": 6, "iterations_per_task": 200,
@@ -163,14 +163,14 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
               "with many tasks."),
     Figure(
         name="oneshot_vs_binary",
-        paper_figure="One-Shot vs Binary",
+        paper_figure="One-Shot vs Binary (no numbered figure)",
         caption="Task-inference algorithms on GNu PermutedMNIST, LeNet 300-100 with output "
                 "100, H objective, one image per test batch",
         panels=(Panel("LeNet 300-100, output 100",
                       (Run("oneshot", "gnu_permuted_mnist_lenet", "SupSup GNu, One-Shot",
                            {"inference_algorithm": "oneshot"}),
                        Run("binary", "gnu_permuted_mnist_lenet", "SupSup GNu, Binary",
-                           {"inference_algorithm": "binary"}))),),
+                           {"inference_algorithm": "binary"}, dashed=True))),),
         cpu_overrides=_CPU_MANY_TASKS,
         notes="No published number to compare with. The CPU scale trains 30 tasks of 60 "
               "iterations so that task inference can fail."),
@@ -385,7 +385,7 @@ def plot(path: str, data: Mapping) -> list[tuple[float, float]]:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     ylims.append(tuple(ax.get_ylim()))
-  fig.suptitle(f"{data['paper_figure']} of Wortsman et al. 2020 (arXiv:2006.14769)\n"
+  fig.suptitle(f"{data['paper_figure']}, Wortsman et al. 2020 (arXiv:2006.14769)\n"
                f"launch.reproduce --figure={data['figure']} --scale={data['scale']}",
                fontsize=9)
   fig.tight_layout()
