@@ -235,6 +235,13 @@ def task_key(seed: int, task_id: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5C0E), task_id)
 
 
+def _own(tree) -> Any:
+  """A private copy of a learner's fresh memory or task state: the loop donates
+  them to its jitted steps, and a learner may hand out arrays it keeps (the
+  frozen weights, an initial value) again later."""
+  return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
+
+
 def stack(states: list) -> Any:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
@@ -304,10 +311,7 @@ class _Run:
                                                donate_argnums=0)
     self.log_every = max(1, int(config.log_every_steps))
     self.ckpt_every = int(config.get("checkpoint_every_steps") or 0)
-    # A private copy: end_task donates memory, and a learner's init_memory may
-    # hand out arrays it keeps (e.g. the frozen weights) for the next run.
-    self.memory = self.place(jax.tree.map(
-        lambda x: x.copy() if isinstance(x, jax.Array) else x, self.learner.init_memory()))
+    self.memory = self.place(_own(self.learner.init_memory()))
     self.rec: dict[str, Any] = {"eval_after": [], "rows": [], "inference_rows": [],
                                 "other_inference": [], "just_trained": [],
                                 "task_wall_s": [], "elapsed_s": 0.0}
@@ -404,7 +408,7 @@ def _run_tasks(run: _Run) -> dict:
     ids = distributed.pad_group(group, mesh, parallel)
     memory = run.local_memory()
     states = [learner.init_task(memory, t, task_key(config.seed, t)) for t in ids]
-    state = stack(states) if len(ids) > 1 else states[0]
+    state = stack(states) if len(ids) > 1 else _own(states[0])
     done = 0
     if run.partial is not None:
       state = state_io.from_saveable(run.partial, state)
@@ -500,11 +504,11 @@ def _run_nns(run: _Run) -> dict:
       if is_new and num_masks < max_masks:
         current, num_masks = num_masks, num_masks + 1
         slot_batches.append([0] * config.num_tasks)
-        state = learner.init_task(run.memory, current, task_key(config.seed, current))
+        state = _own(learner.init_task(run.memory, current, task_key(config.seed, current)))
         logging.info("batch %d: new data, allocated mask %d", b, current)
       elif best != current:
         current = best
-        state = learner.reopen_task(run.memory, current, task_key(config.seed, current))
+        state = _own(learner.reopen_task(run.memory, current, task_key(config.seed, current)))
         logging.info("batch %d: data of mask %d, training it again", b, current)
     n = min(check_every - b % check_every, its - b % its, run.log_every,
             stream.num_batches - b)
