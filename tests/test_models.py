@@ -3,6 +3,7 @@
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,6 +144,7 @@ class MockDataConfigTest(absltest.TestCase):
     results = self._smoke(gg_split_cifar100.get_config(), num_examples=2000)
     self.assertEqual(results["config"]["model"], "gem_resnet18")
 
+  @pytest.mark.slow  # ResNet-50 on CPU: minutes
   def test_gg_split_imagenet_config(self):
     c = gg_split_imagenet.get_config()
     c.dataset_options.image_size = 32
