@@ -103,4 +103,8 @@ def steps_per_task(config, stream) -> int:
   or ``epochs_per_task`` epochs of task 0's training split."""
   if config.get("iterations_per_task"):
     return int(config.iterations_per_task)
-  return int(math.ceil(config.epochs_per_task * stream.train_size(0) / config.batch_size))
+  epochs = float(config.get("epochs_per_task") or 0)
+  if epochs <= 0:
+    raise ValueError("set config.iterations_per_task or config.epochs_per_task "
+                     "to a positive number")
+  return int(math.ceil(epochs * stream.train_size(0) / config.batch_size))

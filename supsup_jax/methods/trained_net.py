@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from supsup_jax import learner as learner_lib
 from supsup_jax import models
 from supsup_jax import training
 from supsup_jax import tree as tree_lib
@@ -63,16 +64,6 @@ class Net:
   example_shape: tuple
 
 
-def steps_per_task(config, stream) -> int:
-  if config.get("iterations_per_task"):
-    return int(config.iterations_per_task)
-  epochs = float(config.get("epochs_per_task") or 0)
-  if epochs <= 0:
-    raise ValueError("set config.iterations_per_task or config.epochs_per_task "
-                     "to a positive number")
-  return int(math.ceil(epochs * stream.train_size(0) / config.batch_size))
-
-
 def build_net(config, stream, *, init: str | None = None) -> Net:
   """The network of ``config`` for ``stream``, weights drawn with ``init``.
 
@@ -103,7 +94,7 @@ def build_net(config, stream, *, init: str | None = None) -> Net:
   params = weights_lib.init_weights(model, int(config.seed), example, init=init)
   stats = weights_lib.init_model_state(model, example).get("batch_stats", {})
   return Net(model, num_outputs, int(stream.num_classes), num_tasks, params,
-             stats, steps_per_task(config, stream), example.shape)
+             stats, learner_lib.steps_per_task(config, stream), example.shape)
 
 
 def check_sequential(config, name: str) -> None:
