@@ -112,9 +112,7 @@ def _make(config, stream, name: str, random_w: bool, infer: str | None) -> Learn
     stats = trained_net.take(memory["batch_stats"], task_id)
     if random_w:
       return trained_net.init_task_state(optimizer, {"own": own}, {"own": adapt_lr}, stats)
-    first = jnp.asarray(task_id) == 0
-    rates = {"weights": jnp.where(first, weight_lr, 0.0),
-             "own": jnp.where(first, weight_lr, adapt_lr)}
+    rates = trained_net.first_task_rates(task_id, weight_lr, adapt_lr)
     return trained_net.init_task_state(
         optimizer, {"weights": memory["params"], "own": own}, rates, stats)
 
@@ -127,9 +125,7 @@ def _make(config, stream, name: str, random_w: bool, infer: str | None) -> Learn
     trainable = task_state["trainable"]
     params = memory["params"]
     if not random_w:
-      first = jnp.asarray(task_id) == 0
-      params = jax.tree.map(lambda new, old: jnp.where(first, new, old),
-                            trainable["weights"], params)
+      params = trained_net.keep_first_task_weights(trainable["weights"], params, task_id)
     return {"params": params,
             "factors": trained_net.put(memory["factors"], task_id, trainable["own"]),
             "batch_stats": trained_net.put(memory["batch_stats"], task_id,

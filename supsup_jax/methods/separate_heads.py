@@ -44,10 +44,7 @@ def _make(config, stream, random_trunk: bool) -> Learner:
     stats = trained_net.take(memory["batch_stats"], task_id)
     if random_trunk:
       return trained_net.init_task_state(optimizer, {"own": own}, {"own": adapt_lr}, stats)
-    first = jnp.asarray(task_id) == 0
-    # Task 1 trains everything at the weight rate; later tasks only their head.
-    rates = {"weights": jnp.where(first, weight_lr, 0.0),
-             "own": jnp.where(first, weight_lr, adapt_lr)}
+    rates = trained_net.first_task_rates(task_id, weight_lr, adapt_lr)
     return trained_net.init_task_state(
         optimizer, {"weights": memory["params"], "own": own}, rates, stats)
 
@@ -63,9 +60,7 @@ def _make(config, stream, random_trunk: bool) -> Learner:
     trainable = task_state["trainable"]
     params = memory["params"]
     if not random_trunk:
-      first = jnp.asarray(task_id) == 0
-      params = jax.tree.map(lambda new, old: jnp.where(first, new, old),
-                            trainable["weights"], params)
+      params = trained_net.keep_first_task_weights(trainable["weights"], params, task_id)
     return {"params": params,
             "heads": memory["heads"].at[task_id].set(trainable["own"]),
             "batch_stats": trained_net.put(memory["batch_stats"], task_id,

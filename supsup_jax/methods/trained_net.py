@@ -257,3 +257,17 @@ def replace_leaf(params, path: tuple, value):
 
 def get_leaf(params, path: tuple):
   return tree_lib.flatten(params)[path]
+
+
+def first_task_rates(task_id, weight_lr: float, adapt_lr: float) -> dict:
+  """Task 1 trains the shared weights and its own parameters at the weight
+  rate; later tasks only their own parameters, at the adaptation rate."""
+  first = jnp.asarray(task_id) == 0
+  return {"weights": jnp.where(first, weight_lr, 0.0),
+          "own": jnp.where(first, weight_lr, adapt_lr)}
+
+
+def keep_first_task_weights(trained, params, task_id):
+  """``trained`` weights after task 1, ``params`` unchanged after later tasks."""
+  first = jnp.asarray(task_id) == 0
+  return jax.tree.map(lambda new, old: jnp.where(first, new, old), trained, params)
