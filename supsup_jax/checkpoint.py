@@ -35,7 +35,8 @@ _log = logging.getLogger(__name__)
 # Config keys that may change between a run and its resumption.
 # The mesh too: a run resumes on another number of devices (same results up to
 # float summation order).
-NON_SEMANTIC_KEYS = ("log_every_steps", "checkpoint_every_steps", "stop_after_steps", "data_dir",
+NON_SEMANTIC_KEYS = ("log_every_steps", "checkpoint_every_steps", "checkpoint_every_minutes",
+                     "stop_after_steps", "data_dir",
                      "download", "progress", "mesh")
 
 

@@ -12,7 +12,8 @@ builds the data stream and the learner named by ``config.method`` (see
   (allocate a new slot) or which slot to keep training.
 
 The loop knows nothing about any learner: it checkpoints the learner's
-``memory`` and ``task_state`` pytrees (after each task and every
+``memory`` and ``task_state`` pytrees (after each task, or at the first task
+end ``checkpoint_every_minutes`` after the last save, and every
 ``checkpoint_every_steps`` steps), so the same command on the same workdir
 resumes exactly where it stopped, and it writes ``results.json`` (last),
 ``accuracy.csv`` and plots to the workdir. Training is checked for
@@ -89,6 +90,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   for key in ("momentum", "weight_decay"):
     _finite_number(config, key, low=0)
   _finite_number(config, "sparsity")
+  if config.get("checkpoint_every_minutes") is not None:
+    _finite_number(config, "checkpoint_every_minutes", low=0)
   masks_lib.MaskSpec(config.mask_kind, config.sparsity)  # validates kind and k
   optim.make_optimizer(config.optimizer, config.learning_rate,
                        schedule=config.schedule)  # validates names
@@ -311,6 +314,11 @@ class _Run:
                                                donate_argnums=0)
     self.log_every = max(1, int(config.log_every_steps))
     self.ckpt_every = int(config.get("checkpoint_every_steps") or 0)
+    # Saving the whole bank after every task costs ~1 s once it holds
+    # thousands of masks; runs of short tasks save at a task end only every
+    # so many minutes (a resume then redoes at most that much, exactly).
+    self.ckpt_seconds = 60.0 * float(config.get("checkpoint_every_minutes") or 0.0)
+    self.last_save = time.time()
     self.memory = self.place(_own(self.learner.init_memory()))
     self.rec: dict[str, Any] = {"eval_after": [], "rows": [], "inference_rows": [],
                                 "other_inference": [], "just_trained": [],
@@ -369,6 +377,16 @@ class _Run:
       tree["task_state"] = state_io.to_saveable(distributed.gathered(task_state))
     self.ckpt.save(step, tree, {"loop": dict(loop), "record": self.rec,
                                 "config": self.cfg_dict})
+    self.last_save = time.time()
+
+  def task_end_save_due(self, finished: bool, evaluated: bool) -> bool:
+    """Whether to checkpoint at this task end: always without
+    ``checkpoint_every_minutes``; with it, after an evaluation, at the end of
+    the run, when stopping, or once that many minutes passed since the last
+    save."""
+    stopping = bool(self.stop_after) and self.steps_this_process >= self.stop_after
+    return (not self.ckpt_seconds or finished or evaluated or stopping
+            or time.time() - self.last_save >= self.ckpt_seconds)
 
   def evaluate(self, point: int, tasks, num_learned: int, slot_task=None) -> None:
     ev = self.evaluator.evaluate(self.local_memory(), tasks, num_learned, slot_task)
@@ -451,13 +469,16 @@ def _run_tasks(run: _Run) -> dict:
     wall = (time.time() - t_task) / len(group)
     run.rec["task_wall_s"].extend([wall] * len(group))
     task = group[-1] + 1
+    evaluated = False
     for point in eval_points:
       if group[0] < point <= task and point not in run.rec["eval_after"]:
         run.evaluate(point, range(point), point)
-    where = f"the end of task {task}/{num_tasks}"
-    run.save(task * (steps + 1), {"next_task": task, "step": 0, "where": where,
-                                  "global_step": task * steps})
-    last_good = f"resumable from the checkpoint at {where}"
+        evaluated = True
+    if run.task_end_save_due(task >= num_tasks, evaluated):
+      where = f"the end of task {task}/{num_tasks}"
+      run.save(task * (steps + 1), {"next_task": task, "step": 0, "where": where,
+                                    "global_step": task * steps})
+      last_good = f"resumable from the checkpoint at {where}"
     if run.stop_after and run.steps_this_process >= run.stop_after and task < num_tasks:
       return None
   return {}
@@ -532,11 +553,15 @@ def _run_nns(run: _Run) -> dict:
           run.evaluator.task_given_accuracy(run.memory, finished - 1, slot))
       run.rec["task_wall_s"].append(time.time() - t_task)
       t_task = time.time()
-      if finished in eval_points and finished not in run.rec["eval_after"]:
+      evaluated = finished in eval_points and finished not in run.rec["eval_after"]
+      if evaluated:
         run.evaluate(finished, range(finished), num_masks, owners)
-      where = f"the end of task {finished}/{config.num_tasks}'s data"
-      run.save(b, loop_meta(where), state)
-      last_good = f"resumable from the checkpoint at {where}"
+      if run.task_end_save_due(b >= stream.num_batches, evaluated):
+        where = f"the end of task {finished}/{config.num_tasks}'s data"
+        run.save(b, loop_meta(where), state)
+        last_good = f"resumable from the checkpoint at {where}"
+      elif stop:
+        run.save(b, loop_meta(f"stream batch {b}"), state)
     elif stop:
       run.save(b, loop_meta(f"stream batch {b}"), state)
     if stop:

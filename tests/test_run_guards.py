@@ -3,6 +3,7 @@ resumes from the previous one to the same numbers, a second process on a
 workdir is refused, results.json comes last, bad inference inputs and
 configs are refused before anything is trained."""
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +61,30 @@ class RunGuardsTest(absltest.TestCase):
     outputs = [f for f in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, f))]
     newest = max(outputs, key=lambda f: os.stat(os.path.join(workdir, f)).st_mtime_ns)
     self.assertEqual(newest, "results.json")
+
+  def test_checkpoint_every_minutes_saves_at_evaluations_and_end_and_resumes_exactly(self):
+    c = _config()
+    c.num_tasks, c.iterations_per_task, c.checkpoint_every_steps = 4, 20, 0
+    c.eval_after_tasks, c.checkpoint_every_minutes = (2, 4), 1e6
+    workdir = self.create_tempdir().full_path
+    full = experiment.run(c, workdir)
+    ckdir = os.path.join(workdir, "checkpoints")
+    # Only the evaluation after task 2 and the end saved (not tasks 1 and 3).
+    self.assertEqual(sorted(int(s) for s in os.listdir(ckdir) if s.isdigit()),
+                     [2 * 21, 4 * 21])
+    # A crash after task 3 (unsaved): the run redoes tasks 3-4 from task 2's
+    # checkpoint to the same numbers.
+    shutil.rmtree(os.path.join(ckdir, str(4 * 21)))
+    os.remove(os.path.join(workdir, "results.json"))
+    resumed = experiment.run(c, workdir)
+    self.assertEqual(resumed["accuracy_matrix"], full["accuracy_matrix"])
+
+  def test_negative_checkpoint_every_minutes_is_refused_in_one_line(self):
+    c = _config()
+    c.checkpoint_every_minutes = -1.0
+    with self.assertRaisesRegex(ValueError, r"config.checkpoint_every_minutes must be "
+                                            r"a finite number >= 0, got -1.0"):
+      experiment.run(c, self.create_tempdir().full_path)
 
   def test_second_launcher_on_a_busy_workdir_is_refused(self):
     workdir = self.create_tempdir().full_path

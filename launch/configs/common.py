@@ -61,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_scores = True           # also keep each task's real scores in memory
   c.log_every_steps = 250
   c.checkpoint_every_steps = 0   # 0 = only after each task
+  c.checkpoint_every_minutes = 0.0  # > 0: at a task end only this often
+                                    # (and after evaluations, at the end)
   c.stop_after_steps = 0         # > 0: checkpoint and stop after that many steps
                                  # in this process (time-limited job slots)
   return c
