@@ -252,3 +252,66 @@ def permuted_mnist_batches_per_s():
   rates = [data.measure_throughput(stream, batch_size=128, num_batches=500,
                                    task_id=1234) for _ in range(3)]
   return Stats(statistics.median(rates), min(rates), max(rates), 0.0)
+
+
+def _run_chunk_per_task_step(config_overrides: dict, num_steps: int = 100):
+  """ms per task-step of the run loop's own jitted chunk (data, step, scan)."""
+  from launch.configs import gnu_permuted_mnist_2500  # pylint: disable=import-outside-toplevel
+  from supsup_jax import experiment  # pylint: disable=import-outside-toplevel
+  config = gnu_permuted_mnist_2500.get_config()
+  config.update(config_overrides)
+  setup = experiment.build(config)
+  learner, parallel = setup.learner, int(config.tasks_in_parallel)
+  chunk = experiment.make_chunk_fn(learner, setup.stream, config.batch_size,
+                                   parallel=parallel > 1)
+  memory = learner.init_memory()
+  states = [learner.init_task(memory, t, experiment.task_key(config.seed, t))
+            for t in range(parallel)]
+  state = experiment.stack(states) if parallel > 1 else states[0]
+  ids = jnp.arange(parallel, dtype=jnp.int32) if parallel > 1 else jnp.int32(0)
+  data = setup.stream.device_arrays
+  holder = [state, 0]
+
+  def call():
+    holder[0], mets = chunk(memory, data, holder[0], ids, jnp.int32(holder[1]), num_steps)
+    holder[1] += num_steps
+    return mets
+
+  jax.block_until_ready(call())  # compile
+  times = []
+  for _ in range(5):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append((time.perf_counter() - t0) * 1e3 / (num_steps * parallel))
+  return Stats(statistics.median(times), min(times), max(times), 0.0)
+
+
+@benchmark("gnu2500_chunk_task_step_ms", "ms")
+def gnu2500_chunk_task_step_ms():
+  """The 2,500-task run's training as the loop runs it (LeNet out 500, 10
+  tasks vmapped, PermutedMNIST batches made in the jitted scan): ms per
+  task-step. x 2.5 M task-steps = the run's training time."""
+  return _run_chunk_per_task_step({})
+
+
+@benchmark("limit_lenet500_step_matmuls_ms", "ms")
+def limit_lenet500_step_matmuls_ms():
+  """Limit: the plain f32 matmuls of one LeNet (out 500) score step, batch
+  128 (forward, weight gradients, input gradients of layers 2-3: 91 M
+  multiply-adds), XLA on all cores, nothing else."""
+  shapes = [(784, 300), (300, 100), (100, 500)]
+  keys = jax.random.split(jax.random.key(0), 8)
+  ws = [jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+  x = jax.random.normal(keys[4], (128, 784))
+  d = [jax.random.normal(k, (128, s[1])) for k, s in zip(keys[5:], shapes)]
+
+  @jax.jit
+  def matmuls(ws, x, d):
+    h1 = x @ ws[0]
+    h2 = h1 @ ws[1]
+    out = h2 @ ws[2]
+    grads = (x.T @ d[0], h1.T @ d[1], h2.T @ d[2])
+    back = (d[2] @ ws[2].T, d[1] @ ws[1].T)
+    return out, grads, back
+
+  return lambda: matmuls(ws, x, d)

@@ -224,14 +224,16 @@ class AlphaGradientTest(parameterized.TestCase):
 
   def test_inference_finds_trained_task(self):
     """Masks trained on different synthetic tasks are told apart by one-shot
-    and binary inference (entropy drops for the right mask)."""
+    and binary inference (entropy drops for the right mask). Five tasks: the
+    halving rounds of binary inference meet an odd count (5 -> 3 -> 2 -> 1)
+    and the last task must survive them."""
     _, weights, masked = _setup()
     opt = training.make_optimizer("adam", 1e-2)
     step = jax.jit(training.make_train_step(masked, opt))
     bank = bank_lib.MaskBank(weights)
-    centers = jax.random.normal(jax.random.key(42), (4, 10, 28, 28, 1))
+    centers = jax.random.normal(jax.random.key(42), (5, 10, 28, 28, 1))
     task_data = []
-    for t in range(4):
+    for t in range(5):
       key = jax.random.key(100 + t)
       labels = jnp.arange(256) % 10
       images = centers[t][labels] + 0.3 * jax.random.normal(key, (256, 28, 28, 1))
@@ -240,16 +242,16 @@ class AlphaGradientTest(parameterized.TestCase):
       for _ in range(40):
         state, _ = step(weights, state, images, labels)
       bank.add(masks_lib.MaskSpec("threshold")(state.scores))
-    for t in range(4):
+    for t in range(5):
       x = task_data[t][:32]
       self.assertEqual(inference.oneshot(masked, weights, bank, x), t)
       self.assertEqual(inference.binary(masked, weights, bank, x), t)
-    units = jnp.stack([task_data[t][32:48] for t in (2, 0, 3, 1)])
+    units = jnp.stack([task_data[t][32:48] for t in (2, 4, 0, 3, 1)])
     np.testing.assert_array_equal(
-        inference.binary_many(masked, weights, bank, units), [2, 0, 3, 1])
+        inference.binary_many(masked, weights, bank, units), [2, 4, 0, 3, 1])
     np.testing.assert_array_equal(
         jnp.argmin(inference.alpha_grads_many(masked, weights, bank, units), -1),
-        [2, 0, 3, 1])
+        [2, 4, 0, 3, 1])
 
   def test_subset_gradient_equals_jax_grad(self):
     """Binary rounds: gradient at alpha uniform over a subset of tasks."""
