@@ -24,6 +24,8 @@ def _fmt(v):
 
 def main(argv):
   del argv
+  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
+  xla_flags.apply_cpu_defaults()  # before JAX starts its backend
   registry.load_all()
   benches = registry.select(_ONLY.value)
   if _LIST.value:

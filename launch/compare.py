@@ -264,6 +264,8 @@ def format_table(entries: Sequence[Mapping]) -> str:
 
 
 def main(argv):
+  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
+  xla_flags.apply_cpu_defaults()  # before JAX starts its backend
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from supsup_jax.data import DataNotFoundError  # pylint: disable=import-outside-toplevel

@@ -95,6 +95,8 @@ def _non_finite(results: dict) -> list:
 
 
 def main(argv):
+  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
+  xla_flags.apply_cpu_defaults()  # before JAX starts its backend
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _load_config()

@@ -42,6 +42,8 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT):
 
 
 def main(argv):
+  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
+  xla_flags.apply_cpu_defaults()  # before JAX starts its backend
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   name, scale = _FIGURE.value, _SCALE.value

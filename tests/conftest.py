@@ -7,6 +7,11 @@ from absl import flags
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 
+# The library's CPU XLA flags (supsup_jax/xla_flags.py), as the launchers set
+# them: in-process results then equal those of launcher subprocesses.
+from supsup_jax import xla_flags  # pylint: disable=wrong-import-position
+xla_flags.apply_cpu_defaults()
+
 # Real-data tests read ../shared/data unless SUPSUP_DATA_DIR says otherwise.
 os.environ.setdefault(
     "SUPSUP_DATA_DIR",
