@@ -65,10 +65,18 @@ def _stateful(step, scores, opt_state, batch):
   return call
 
 
+def _learner_conv():
+  """The conv the learners pick here (``fast_conv="auto"``)."""
+  return (conv_lib.conv_general_dilated
+          if conv_lib.use_fast_conv("auto", "small_conv") else None)
+
+
 @benchmark("gg_conv_train_step_ms", "ms")
 def gg_conv_train_step_ms():
-  """SmallConvNet(64) SupSup train step, B=128 32x32x3, top-k 0.5, Adam; library conv."""
-  return _stateful(*make_train_step(conv_lib.conv_general_dilated))
+  """SmallConvNet(64) SupSup train step, B=128 32x32x3, top-k 0.5, Adam;
+  the conv a learner picks (fast_conv="auto": XLA's own with the library's
+  CPU flags)."""
+  return _stateful(*make_train_step(_learner_conv()))
 
 
 @benchmark("gg_conv_train_step_ms_xla", "ms")
@@ -77,7 +85,13 @@ def gg_conv_train_step_ms_xla():
   return _stateful(*make_train_step(None))
 
 
+@benchmark("gg_conv_train_step_ms_custom_vjp", "ms")
+def gg_conv_train_step_ms_custom_vjp():
+  """Same step through supsup_jax.conv (Winograd / im2col custom VJP)."""
+  return _stateful(*make_train_step(conv_lib.conv_general_dilated))
+
+
 @benchmark("gg_conv_train_step_peak_rss_mb", "MB", peak_rss=True)
 def gg_conv_train_step_peak_rss_mb():
-  """Peak RSS of a fresh process compiling and running one fast-conv step."""
-  return _stateful(*make_train_step(conv_lib.conv_general_dilated))
+  """Peak RSS of a fresh process compiling and running one step (learner's conv)."""
+  return _stateful(*make_train_step(_learner_conv()))

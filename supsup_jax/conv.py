@@ -87,7 +87,31 @@ from jax import lax
 
 __all__ = ["conv_general_dilated", "kernel_grad", "winograd_conv",
            "winograd_kernel_grad", "is_fast_path", "Conv", "ConvOptions",
-           "DEFAULT_OPTIONS", "make_conv"]
+           "DEFAULT_OPTIONS", "make_conv", "use_fast_conv"]
+
+def use_fast_conv(fast_conv, model: str, environ=None) -> bool:
+  """Whether a learner should train ``model`` through this module's conv.
+
+  fast_conv: True, False or "auto" (also the strings "true" / "false", as a
+    command line gives them). "auto": on the CPU backend, only while XLA's
+    YNNPACK fusions are on. With them off (the library's CPU default,
+    :mod:`supsup_jax.xla_flags`) XLA's own convolution and both its
+    gradients measured faster than this module's on every layer of the GG
+    conv net (README, "Benchmarks"); with them on, ~3x slower.
+  model: a name of :data:`supsup_jax.models.MODELS`; False for models
+    without convolutions. Off the CPU backend always False.
+  """
+  from supsup_jax import models  # pylint: disable=import-outside-toplevel
+  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
+  value = fast_conv.strip().lower() if isinstance(fast_conv, str) else fast_conv
+  if value not in (True, False, "true", "false", "auto"):
+    raise ValueError(f"config.fast_conv must be 'auto', True or False, got {fast_conv!r}")
+  if model not in models.TAKES_CONV_FN or jax.default_backend() != "cpu":
+    return False
+  if value == "auto":
+    return not xla_flags.ynn_fusions_off(environ)
+  return value in (True, "true")
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvOptions:

@@ -1,4 +1,5 @@
 """Real-data tests of supsup_jax.data on the shared offline data folder."""
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -101,6 +102,25 @@ def test_permutations(permuted):
   want = ((raw[:, np.asarray(permuted.pixel_permutation(5))] / 255 - 0.1307) / 0.3081)
   np.testing.assert_allclose(np.asarray(xt[:20]).reshape(20, -1), want, atol=1e-5)
   assert tuple(np.bincount(np.asarray(yt))) == MNIST_TEST_COUNTS
+
+
+@needs_mnist
+def test_fused_permuted_gather_is_the_row_then_pixel_gather(permuted):
+  # Train batches take (image, permuted pixel) bytes in one gather; they must
+  # equal the definition (rows, then the task's pixel permutation) bit for bit.
+  class TwoGathers(D.PermutedStream):
+    _take_images = D.InMemoryStream._take_images
+
+  reference = copy.copy(permuted)
+  reference.__class__ = TwoGathers
+  fn, arrs = permuted.train_batch_fn_args(64)
+  ref_fn, _ = reference.train_batch_fn_args(64)
+  ids = jnp.array([0, 4, 2499], jnp.int32)
+  got = jax.jit(jax.vmap(fn, in_axes=(None, 0, None)))(arrs, ids, 123)
+  want = jax.jit(jax.vmap(ref_fn, in_axes=(None, 0, None)))(arrs, ids, 123)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+  assert not np.array_equal(np.asarray(got[0][0]), np.asarray(got[0][1]))
 
 
 @needs_mnist

@@ -3,9 +3,8 @@ r"""GNu PermutedMNIST with 2500 tasks, LeNet 300-100 with 500 outputs.
 The full run trains 2.5M steps; on a CPU use fewer tasks or iterations:
   python -m launch.main --config=launch/configs/gnu_permuted_mnist_2500.py \
       --workdir=runs/gnu_permuted_mnist_2500
-On a CPU, XLA's own fused matmuls were ~20 % slower than its plain ones for
-this small net (measured, README "Benchmarks"); prefix the command with
-  XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_prefer_vector_width=512"
+On a CPU the launcher sets the library's XLA flags (supsup_jax/xla_flags.py:
+XLA's fused matmuls measured ~20 % slower than its plain ones for this net).
 Evaluation uses 10 test batches per task (the paper reports a figure only).
 Ten tasks train at once (vmap) and the 2,500-row bank is saved every 10
 minutes at a task end (and after each evaluation), not after every task.

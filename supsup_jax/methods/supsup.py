@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from supsup_jax import bank as bank_lib
+from supsup_jax import conv
 from supsup_jax import inference
 from supsup_jax import masks as masks_lib
 from supsup_jax import models
@@ -190,10 +191,7 @@ def from_config(config, stream) -> Learner:
     raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
                      f"{stream.num_classes} classes per task of {config.dataset}")
   model_kwargs = dict(config.get("model_options") or {})
-  if (config.get("fast_conv", True) and config.model in models.TAKES_CONV_FN
-      and jax.default_backend() == "cpu"):
-    # Tuned for CPU (see supsup_jax.conv); XLA's own convolution elsewhere.
-    from supsup_jax import conv  # pylint: disable=import-outside-toplevel
+  if conv.use_fast_conv(config.get("fast_conv", "auto"), config.model):
     model_kwargs["conv_general_dilated"] = conv.conv_general_dilated
   model = models.make_model(config.model, num_outputs, **model_kwargs)
   example = np.zeros((1, *stream.input_shape), np.float32)

@@ -30,13 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from supsup_jax import conv
 from supsup_jax import learner as learner_lib
 from supsup_jax import models
 from supsup_jax import training
 from supsup_jax import tree as tree_lib
 from supsup_jax import weights as weights_lib
-
-_CONV_FREE_MODELS = ("lenet300100", "fc10241024", "bn_swish_mlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +85,7 @@ def build_net(config, stream, *, init: str | None = None) -> Net:
     raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
                      f"{stream.num_classes} classes per task")
   model_kwargs = dict(config.get("model_options") or {})
-  if config.get("fast_conv", False) and config.model not in _CONV_FREE_MODELS:
-    from supsup_jax import conv  # pylint: disable=import-outside-toplevel
+  if conv.use_fast_conv(config.get("fast_conv", "auto"), config.model):
     model_kwargs["conv_general_dilated"] = conv.conv_general_dilated
   model = models.make_model(config.model, num_outputs, **model_kwargs)
   example = np.zeros((1, *stream.input_shape), np.float32)
