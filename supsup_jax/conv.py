@@ -29,8 +29,11 @@ with a :func:`jax.custom_vjp`:
   patches stay small (~``options.target_rows`` rows). Same sum as the
   reference gradient in a different order.
 
-The fast path is tuned for XLA:CPU; ``supsup_jax.methods.supsup`` uses it
-only on the CPU backend (GPU/TPU keep XLA's own convolution).
+The fast path is tuned for XLA:CPU; the learners use it only on the CPU
+backend (GPU/TPU keep XLA's own convolution) and, by default
+(:func:`use_fast_conv`, ``fast_conv="auto"``), only while XLA's YNNPACK
+fusions are on: with them off (:mod:`supsup_jax.xla_flags`, the library's
+CPU default since JAX 0.10) XLA's own convolution measured faster.
 
 Measurements behind these choices (2-core benchmark machine, one core busy
 with another job; 3x3x64->64, B=128, 32x32, ms; each variant interleaved with
@@ -88,6 +91,7 @@ from jax import lax
 __all__ = ["conv_general_dilated", "kernel_grad", "winograd_conv",
            "winograd_kernel_grad", "is_fast_path", "Conv", "ConvOptions",
            "DEFAULT_OPTIONS", "make_conv", "use_fast_conv"]
+
 
 def use_fast_conv(fast_conv, model: str, environ=None) -> bool:
   """Whether a learner should train ``model`` through this module's conv.
