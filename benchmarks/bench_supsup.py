@@ -65,33 +65,47 @@ def _stateful(step, scores, opt_state, batch):
   return call
 
 
-def _learner_conv():
-  """The conv the learners pick here (``fast_conv="auto"``)."""
-  return (conv_lib.conv_general_dilated
-          if conv_lib.use_fast_conv("auto", "small_conv") else None)
-
-
 @benchmark("gg_conv_train_step_ms", "ms")
 def gg_conv_train_step_ms():
   """SmallConvNet(64) SupSup train step, B=128 32x32x3, top-k 0.5, Adam;
-  the conv a learner picks (fast_conv="auto": XLA's own with the library's
-  CPU flags)."""
-  return _stateful(*make_train_step(_learner_conv()))
+  the learners' conv on the CPU (supsup_jax.conv)."""
+  return _stateful(*make_train_step(conv_lib.conv_general_dilated))
 
 
 @benchmark("gg_conv_train_step_ms_xla", "ms")
 def gg_conv_train_step_ms_xla():
-  """Same step with flax's default lax.conv_general_dilated (XLA's gradient)."""
+  """Same step with flax's default lax.conv_general_dilated (XLA's gradient),
+  as one jitted step (inside a scan, as the run loop trains, it is far slower:
+  see gg_conv_kernel_grad_3_in_scan_ms_xla)."""
   return _stateful(*make_train_step(None))
 
 
-@benchmark("gg_conv_train_step_ms_custom_vjp", "ms")
-def gg_conv_train_step_ms_custom_vjp():
-  """Same step through supsup_jax.conv (Winograd / im2col custom VJP)."""
-  return _stateful(*make_train_step(conv_lib.conv_general_dilated))
+def _conv_grad_in_scan(conv_fn, num_steps=3):
+  """A call runs a lax.scan of ``num_steps`` iterations, each taking dL/dW
+  of a 3x3 16->16 conv, B=64 32x32 (the run loop trains in such a scan)."""
+  dn = ("NHWC", "HWIO", "NHWC")
+  x = jax.random.normal(jax.random.key(0), (64, 32, 32, 16))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 16, 16))
+  grad = jax.grad(lambda w: (conv_fn(x, w, (1, 1), "SAME", dimension_numbers=dn) ** 2).sum())
+  scan = jax.jit(lambda w: jax.lax.scan(lambda c, _: (c - 1e-6 * grad(c), None), w,
+                                        None, length=num_steps)[0])
+  return lambda: scan(w)
+
+
+@benchmark("gg_conv_kernel_grad_3_in_scan_ms_xla", "ms")
+def gg_conv_kernel_grad_3_in_scan_ms_xla():
+  """3 scan iterations, each XLA's kernel gradient of a 3x3 16->16 conv
+  (B=64, 32x32); outside a scan one takes ~17 ms."""
+  return _conv_grad_in_scan(jax.lax.conv_general_dilated)
+
+
+@benchmark("gg_conv_kernel_grad_3_in_scan_ms_custom_vjp", "ms")
+def gg_conv_kernel_grad_3_in_scan_ms_custom_vjp():
+  """The same 3 scan iterations through supsup_jax.conv."""
+  return _conv_grad_in_scan(conv_lib.conv_general_dilated)
 
 
 @benchmark("gg_conv_train_step_peak_rss_mb", "MB", peak_rss=True)
 def gg_conv_train_step_peak_rss_mb():
-  """Peak RSS of a fresh process compiling and running one step (learner's conv)."""
-  return _stateful(*make_train_step(_learner_conv()))
+  """Peak RSS of a fresh process compiling and running one fast-conv step."""
+  return _stateful(*make_train_step(conv_lib.conv_general_dilated))

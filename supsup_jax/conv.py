@@ -30,10 +30,13 @@ with a :func:`jax.custom_vjp`:
   reference gradient in a different order.
 
 The fast path is tuned for XLA:CPU; the learners use it only on the CPU
-backend (GPU/TPU keep XLA's own convolution) and, by default
-(:func:`use_fast_conv`, ``fast_conv="auto"``), only while XLA's YNNPACK
-fusions are on: with them off (:mod:`supsup_jax.xla_flags`, the library's
-CPU default since JAX 0.10) XLA's own convolution measured faster.
+backend (GPU/TPU keep XLA's own convolution), see :func:`use_fast_conv`.
+With JAX 0.10 and the library's CPU flags a lone jitted step with XLA's own
+convolution is faster than this module's (GG conv step ~600 vs ~730 ms),
+but inside a ``lax.scan`` body, where the run loop trains, XLA's kernel
+gradient is ~50x and its input gradient ~10x slower than outside one
+(3x3 16->16, B=64: 867 vs 17 ms and 115 vs 12 ms); this module's products
+are matmuls and keep their speed there.
 
 Measurements behind these choices (2-core benchmark machine, one core busy
 with another job; 3x3x64->64, B=128, 32x32, ms; each variant interleaved with
@@ -93,27 +96,24 @@ __all__ = ["conv_general_dilated", "kernel_grad", "winograd_conv",
            "DEFAULT_OPTIONS", "make_conv", "use_fast_conv"]
 
 
-def use_fast_conv(fast_conv, model: str, environ=None) -> bool:
+def use_fast_conv(fast_conv, model: str) -> bool:
   """Whether a learner should train ``model`` through this module's conv.
 
-  fast_conv: True, False or "auto" (also the strings "true" / "false", as a
-    command line gives them). "auto": on the CPU backend, only while XLA's
-    YNNPACK fusions are on. With them off (the library's CPU default,
-    :mod:`supsup_jax.xla_flags`) XLA's own convolution and both its
-    gradients measured faster than this module's on every layer of the GG
-    conv net (README, "Benchmarks"); with them on, ~3x slower.
+  fast_conv: True or False (also the strings "true" / "false", as a command
+    line may give them). True (the default of the configs) on the CPU
+    backend: XLA:CPU's own convolution gradients are fast in a lone jitted
+    step but 10-50x slower inside a ``lax.scan``/``while`` body, where the run
+    loop trains (README, "Benchmarks"); this module's are matmuls and keep
+    their speed there.
   model: a name of :data:`supsup_jax.models.MODELS`; False for models
     without convolutions. Off the CPU backend always False.
   """
   from supsup_jax import models  # pylint: disable=import-outside-toplevel
-  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
   value = fast_conv.strip().lower() if isinstance(fast_conv, str) else fast_conv
-  if value not in (True, False, "true", "false", "auto"):
-    raise ValueError(f"config.fast_conv must be 'auto', True or False, got {fast_conv!r}")
+  if value not in (True, False, "true", "false"):
+    raise ValueError(f"config.fast_conv must be True or False, got {fast_conv!r}")
   if model not in models.TAKES_CONV_FN or jax.default_backend() != "cpu":
     return False
-  if value == "auto":
-    return not xla_flags.ynn_fusions_off(environ)
   return value in (True, "true")
 
 

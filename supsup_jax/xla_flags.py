@@ -16,7 +16,7 @@ themselves. Flags the user already set in ``XLA_FLAGS`` win;
 from __future__ import annotations
 
 import os
-from typing import Mapping, MutableMapping
+from typing import MutableMapping
 
 CPU_DEFAULTS = (
     "--xla_cpu_experimental_ynn_fusion_type=",
@@ -51,20 +51,3 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> str:
     env["XLA_FLAGS"] = " ".join([current, *extra]).strip()
   return env.get("XLA_FLAGS", "")
 
-
-def ynn_fusions_off(environ: Mapping[str, str] | None = None) -> bool:
-  """Whether ``XLA_FLAGS`` turns XLA's YNNPACK CPU fusions off (as
-  :func:`apply_cpu_defaults` does): the last
-  ``--xla_cpu_experimental_ynn_fusion_type`` given has an empty value.
-
-  With the fusions off, XLA's own convolution gradients on the CPU are ~3x
-  faster than with them on, and faster than :mod:`supsup_jax.conv`'s
-  (README, "Benchmarks"), so ``fast_conv="auto"`` picks XLA's then.
-  """
-  env = os.environ if environ is None else environ
-  value = None
-  for flag in env.get("XLA_FLAGS", "").split():
-    name, _, v = flag.partition("=")
-    if name == "--xla_cpu_experimental_ynn_fusion_type":
-      value = v
-  return value == ""

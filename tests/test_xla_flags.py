@@ -39,33 +39,20 @@ def test_flags_are_known_to_this_xla_and_reach_the_backend():
     assert flag in out.stdout.split()
 
 
-def test_ynn_fusions_off_reads_the_last_flag():
-  assert not xla_flags.ynn_fusions_off({})
-  assert xla_flags.ynn_fusions_off({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="})
-  assert not xla_flags.ynn_fusions_off(
-      {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"})
-  assert xla_flags.ynn_fusions_off({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot "
-                                                 "--xla_cpu_experimental_ynn_fusion_type="})
-  env = {}
-  xla_flags.apply_cpu_defaults(env)  # the library's default turns them off
-  assert xla_flags.ynn_fusions_off(env) == ("XLA_FLAGS" in env)
 
-
-def test_fast_conv_auto_follows_the_ynn_fusions():
+def test_fast_conv_rule():
   import pytest  # pylint: disable=import-outside-toplevel
   from supsup_jax import conv  # pylint: disable=import-outside-toplevel
-  off = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}
-  assert not conv.use_fast_conv("auto", "small_conv", off)   # XLA's conv is faster then
-  assert conv.use_fast_conv("auto", "small_conv", {})        # fusions on: the custom VJP
-  assert conv.use_fast_conv(True, "small_conv", off)
-  assert conv.use_fast_conv("True", "gem_resnet18", off)     # as a command line gives it
-  assert not conv.use_fast_conv("false", "small_conv", {})
-  assert not conv.use_fast_conv(True, "lenet300100", {})     # no convolutions
-  with pytest.raises(ValueError, match="config.fast_conv must be 'auto', True or False, got 'yes'"):
-    conv.use_fast_conv("yes", "lenet300100", {})
+  assert conv.use_fast_conv(True, "small_conv")        # on this CPU backend
+  assert conv.use_fast_conv("True", "gem_resnet18")    # as a command line gives it
+  assert not conv.use_fast_conv("false", "small_conv")
+  assert not conv.use_fast_conv(True, "lenet300100")   # no convolutions
+  with pytest.raises(ValueError, match="config.fast_conv must be True or False, got 'auto'"):
+    conv.use_fast_conv("auto", "lenet300100")
 
 
 def test_learners_reject_a_bad_fast_conv_in_one_line():
+  import ml_collections  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import pytest  # pylint: disable=import-outside-toplevel
   from launch.configs import gg_split_cifar10  # pylint: disable=import-outside-toplevel
@@ -78,9 +65,10 @@ def test_learners_reject_a_bad_fast_conv_in_one_line():
                           num_tasks=2, seed=0, mean=(0.0,) * 3, std=(1.0,) * 3)
   config = gg_split_cifar10.get_config()
   config.num_tasks = 2
-  assert config.fast_conv == "auto"
+  assert config.fast_conv is True
   supsup.from_config(config, stream)  # builds with the default
-  config.fast_conv = "yes"
+  # (a bool field refuses a string; a config built from a dict need not)
+  config = ml_collections.ConfigDict({**config.to_dict(), "fast_conv": "yes"})
   for method in (supsup, upper_bound):
-    with pytest.raises(ValueError, match="config.fast_conv must be 'auto', True or False"):
+    with pytest.raises(ValueError, match="config.fast_conv must be True or False"):
       method.from_config(config, stream)

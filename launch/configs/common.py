@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask_kind = "topk"           # topk | threshold
   c.sparsity = 0.5               # top-k keep fraction k
   c.er_sparsity = 0.0            # > 0: ER per-layer budget with this s
-  c.fast_conv = "auto"           # CPU conv via supsup_jax.conv: "auto" (only while XLA's YNN fusions are on), True, False
+  c.fast_conv = True             # CPU: supsup_jax.conv's custom VJP (XLA's conv gradients are slow in scans)
   c.transfer = False             # init scores from the mean of earlier tasks'
   # Optimisation.
   c.optimizer = "rmsprop"        # rmsprop | adam | sgd

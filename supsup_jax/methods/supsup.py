@@ -191,7 +191,7 @@ def from_config(config, stream) -> Learner:
     raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
                      f"{stream.num_classes} classes per task of {config.dataset}")
   model_kwargs = dict(config.get("model_options") or {})
-  if conv.use_fast_conv(config.get("fast_conv", "auto"), config.model):
+  if conv.use_fast_conv(config.get("fast_conv", True), config.model):
     model_kwargs["conv_general_dilated"] = conv.conv_general_dilated
   model = models.make_model(config.model, num_outputs, **model_kwargs)
   example = np.zeros((1, *stream.input_shape), np.float32)
