@@ -35,7 +35,7 @@ With JAX 0.10 and the library's CPU flags a lone jitted step with XLA's own
 convolution is faster than this module's (GG conv step ~600 vs ~730 ms),
 but inside a ``lax.scan`` body, where the run loop trains, XLA's kernel
 gradient is ~50x and its input gradient ~10x slower than outside one
-(3x3 16->16, B=64: 867 vs 17 ms and 115 vs 12 ms); this module's products
+(3x3 16->16, B=64: ~870-1,070 vs 17 ms and 115 vs 12 ms); this module's products
 are matmuls and keep their speed there.
 
 Measurements behind these choices (2-core benchmark machine, one core busy

@@ -50,4 +50,3 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> str:
   if extra:
     env["XLA_FLAGS"] = " ".join([current, *extra]).strip()
   return env.get("XLA_FLAGS", "")
-
