@@ -257,7 +257,7 @@ def permuted_mnist_batches_per_s():
 def _run_chunk_per_task_step(config_overrides: dict, num_steps: int = 100):
   """ms per task-step of the run loop's own jitted chunk (data, step, scan)."""
   from launch.configs import gnu_permuted_mnist_2500  # pylint: disable=import-outside-toplevel
-  from supsup_jax import experiment  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
   config = gnu_permuted_mnist_2500.get_config()
   config.update(config_overrides)
   setup = experiment.build(config)

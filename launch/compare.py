@@ -204,7 +204,7 @@ def compare(config, methods: Sequence[str], workdir: str, runs: Iterable[str] = 
             stream_fn: Callable[[], Any] | None = None) -> list[dict]:
   """Runs the missing methods and writes the comparison; returns its entries.
 
-  ``run_fn(config, subdir)`` defaults to :func:`supsup_jax.experiment.run`;
+  ``run_fn(config, subdir)`` defaults to :func:`supsup_jax.runs.continual.run`;
   ``stream_fn`` to the config's data stream (for the scenario check).
   """
   import ml_collections  # pylint: disable=import-outside-toplevel
@@ -226,8 +226,8 @@ def compare(config, methods: Sequence[str], workdir: str, runs: Iterable[str] = 
     if not os.path.exists(os.path.join(r, "results.json")):
       raise FileNotFoundError(f"--runs {r}: no results.json there (not a finished run)")
   if run_fn is None:
-    from supsup_jax import experiment  # pylint: disable=import-outside-toplevel
-    run_fn = experiment.run
+    from supsup_jax.runs import continual  # pylint: disable=import-outside-toplevel
+    run_fn = continual.run
   dirs = []
   for m in methods:
     sub = os.path.join(workdir, m)

@@ -4,7 +4,7 @@ r"""Runs one experiment from a config file.
       --workdir=/tmp/gg_split_mnist [--config.num_tasks=3 ...]
 
 Dispatches on ``config.runner`` (default ``continual``, see
-``supsup_jax/runners.py``). Writes results.json, accuracy.csv and accuracy.png
+``supsup_jax/runs/__init__.py``). Writes results.json, accuracy.csv and accuracy.png
 to the workdir and checkpoints after every task; the same command on the same
 workdir resumes. Bad input (config file, config key or value, workdir, data)
 ends with one ``error: ...`` line on stderr and exit code 2; an interrupted
@@ -103,7 +103,7 @@ def main(argv):
   workdir = _WORKDIR.value
   # Imported here so --help is fast and flag errors come before JAX starts.
   # pylint: disable=import-outside-toplevel
-  from supsup_jax import runners
+  from supsup_jax import runs as runners
   from supsup_jax import workdir as workdir_lib
   from supsup_jax.checkpoint import ConfigMismatchError
   from supsup_jax.data import DataNotFoundError

@@ -3,7 +3,7 @@ r"""Reproduces one of the paper's figures: runs its experiments, draws it, repor
   python -m launch.reproduce --figure=permuted_mnist_gnu [--scale=cpu|paper] \
       [--workdir=runs/reproduce/permuted_mnist_gnu_cpu]
 
-Figures (Wortsman et al. 2020, arXiv:2006.14769; see supsup_jax/figures.py):
+Figures (Wortsman et al. 2020, arXiv:2006.14769; see supsup_jax/runs/figures.py):
 ``permuted_mnist_gnu`` (Figure 3), ``permuted_mnist_2500`` (Figure 4),
 ``rotated_mnist`` (Figure 5 left), ``output_size_ablation`` (Figure 6),
 ``oneshot_vs_binary``. ``--scale=cpu`` (default) is a reduced version that
@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from supsup_jax import figures
+from supsup_jax.runs import figures
 
 _FIGURE = flags.DEFINE_string("figure", None,
                               f"Figure to reproduce: {', '.join(figures.FIGURES)}.")

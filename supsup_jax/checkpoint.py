@@ -99,6 +99,26 @@ def config_fingerprint(config: Mapping) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _flat(config: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in dict(config).items():
+    if isinstance(v, Mapping) and v:
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_diff(saved: Mapping, config: Mapping) -> list[str]:
+  """The (dotted) keys whose values differ between two configs, ignoring
+  :data:`NON_SEMANTIC_KEYS`."""
+  a, b = _flat(saved), _flat(config)
+  return sorted(k for k in set(a) | set(b)
+                if k.split(".")[0] not in NON_SEMANTIC_KEYS
+                and json.dumps(a.get(k), sort_keys=True, default=str)
+                != json.dumps(b.get(k), sort_keys=True, default=str))
+
+
 class RunCheckpointer:
   """Saves/restores ``(state pytree, meta dict)`` under ``<workdir>/checkpoints``."""
 
@@ -138,11 +158,7 @@ class RunCheckpointer:
     if not isinstance(meta, dict):
       raise ValueError(f"{self._step_dir(step)}/meta holds {type(meta).__name__}, not a dict")
     if meta.get("config_fingerprint") != self.fingerprint:
-      saved = meta.get("config", {})
-      diff = sorted(k for k in set(saved) | set(self.config)
-                    if k not in NON_SEMANTIC_KEYS
-                    and json.dumps(saved.get(k), sort_keys=True, default=str)
-                    != json.dumps(self.config.get(k), sort_keys=True, default=str))
+      diff = config_diff(meta.get("config", {}), self.config)
       raise ConfigMismatchError(
           f"workdir {os.path.dirname(self.directory)!r} holds a run of a "
           f"different config (differs in: {', '.join(diff) or 'unknown keys'}); "

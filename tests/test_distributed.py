@@ -55,7 +55,7 @@ def case_task_parallel(args):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from supsup_jax import distributed, experiment  # pylint: disable=import-outside-toplevel
+  from supsup_jax import distributed; from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
   out = {"devices": jax.device_count()}
   results, memories = {}, {}
   for name, mesh in (("one", (("data", 1),)), ("tasks", (("tasks", 4),))):
@@ -99,7 +99,7 @@ def case_data_parallel(args):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from supsup_jax import distributed, experiment  # pylint: disable=import-outside-toplevel
+  from supsup_jax import distributed; from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
   from supsup_jax.data.streams import InMemoryStream  # pylint: disable=import-outside-toplevel
   from supsup_jax.methods import supsup  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
@@ -190,7 +190,7 @@ def case_multihost(args):
   dies (SIGKILL) right after that many checkpoints."""
   from supsup_jax import distributed  # pylint: disable=import-outside-toplevel
   distributed.maybe_initialize(args["spec"])
-  from supsup_jax import checkpoint, experiment  # pylint: disable=import-outside-toplevel
+  from supsup_jax import checkpoint; from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
   crash = int(args.get("crash_after_saves", 0))
   if crash:
     save, count = checkpoint.RunCheckpointer.save, [0]

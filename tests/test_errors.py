@@ -368,7 +368,7 @@ _FAKE_CONFIG = textwrap.dedent('''
     def get_config():
       return ml_collections.ConfigDict({"runner": "ok", "experiment": "fake", "seed": 0})
 ''')
-_LAUNCH = ("import sys; from absl import app; from supsup_jax import runners; "
+_LAUNCH = ("import sys; from absl import app; from supsup_jax import runs as runners; "
            "runners.RUNNERS.update({n: 'fake_runners:' + n for n in "
            "('nan_run', 'nan_results', 'interrupted', 'multi_line', 'ok')}); "
            "from launch import main; app.run(main.main, flags_parser=main._parse_flags)")

@@ -17,8 +17,8 @@ from launch.configs import gg_permuted_mnist
 from launch.configs import gg_split_mnist
 from launch.configs import gnu_permuted_mnist_lenet
 from launch.configs import gns_split_mnist
-from supsup_jax import evaluation
-from supsup_jax import experiment
+from supsup_jax.runs import evaluation
+from supsup_jax.runs import continual as experiment
 from supsup_jax import state_io
 from supsup_jax.checkpoint import ConfigMismatchError
 

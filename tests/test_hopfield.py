@@ -150,7 +150,7 @@ def test_split_mnist_short_run(tmp_path):
   """Two SplitMNIST tasks at the paper's width (2048; the recovery's lr and
   gamma are tuned for it), 30 training steps each, recovery on 24 test
   batches: the recovered masks equal the stored ones and classify as well."""
-  from supsup_jax import hopsupsup_run  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import hopsupsup as hopsupsup_run  # pylint: disable=import-outside-toplevel
   c = _run_config({"num_tasks": 2, "iterations_per_task": 30, "recovery_batches": 24})
   r = hopsupsup_run.run(c, str(tmp_path))
   with open(tmp_path / "results.json") as f:
@@ -169,7 +169,7 @@ def test_split_mnist_short_run(tmp_path):
 @pytest.mark.slow
 def test_split_mnist_paper_run(tmp_path):
   """The paper setting: 5 tasks, 2048-unit layers, one epoch per task."""
-  from supsup_jax import hopsupsup_run  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import hopsupsup as hopsupsup_run  # pylint: disable=import-outside-toplevel
   r = hopsupsup_run.run(_run_config({}), str(tmp_path))
   assert r["median_recovery_steps"] is not None and r["median_recovery_steps"] <= 30
   assert r["avg_accuracy_recovered"] >= 0.95

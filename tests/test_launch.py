@@ -8,8 +8,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from ml_collections import config_flags
 
-from supsup_jax import experiment
-from supsup_jax import runners
+from supsup_jax.runs import continual as experiment
+from supsup_jax import runs as runners
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "launch", "configs", "*.py"))

@@ -18,7 +18,7 @@ import optax
 
 from launch.configs import gg_permuted_mnist
 from launch.configs import nns_permuted_mnist
-from supsup_jax import experiment
+from supsup_jax.runs import continual as experiment
 from supsup_jax import learner as learner_lib
 from supsup_jax import methods
 

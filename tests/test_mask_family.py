@@ -87,7 +87,7 @@ def _config(**kw):
 
 
 def test_rewind_iteration_beyond_training_is_refused(tmp_path):
-  from supsup_jax.subnetwork import run  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="beyond the training length"):
     run.run(_config(iterations=100, lt_rewind_iteration=101), str(tmp_path))
   with pytest.raises(ValueError, match="lt_prune_rate"):
@@ -99,7 +99,7 @@ def test_short_mnist_floors(tmp_path):
   """150 steps each: a trained LeNet and its rewound 20 % ticket pass 90 %,
   a 20 % edge-popup supermask over random signed weights passes 80 % (a mask
   that ignored its scores is a random network, ~10-60 %)."""
-  from supsup_jax.subnetwork import run  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
   c = _config(iterations=150, kept_fractions=(1.0, 0.2), method="lottery_ticket,edge_popup",
               lt_rewind="init")
   res = run.run(c, str(tmp_path))
@@ -194,7 +194,7 @@ def test_pac_net_pair_with_different_shapes_is_refused():
 @needs_data
 def test_pac_net_short_keeps_source_and_learns_target(tmp_path):
   from launch.configs import pac_net_mnist  # pylint: disable=import-outside-toplevel
-  from supsup_jax.subnetwork import run  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
   c = pac_net_mnist.get_config()
   c.iterations, c.pac_allocate_iterations = 150, 100
   acc = run.run(c, str(tmp_path))["accuracy"]

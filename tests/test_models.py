@@ -14,7 +14,7 @@ from launch.configs import gg_split_imagenet
 from supsup_jax import masks as masks_lib
 from supsup_jax import masked_model as ss_masked
 from supsup_jax import data as data_lib
-from supsup_jax import experiment
+from supsup_jax.runs import continual as experiment
 from supsup_jax import models
 from supsup_jax import training
 from supsup_jax import weights as weights_lib

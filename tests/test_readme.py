@@ -23,7 +23,7 @@ class ReadmeTest(absltest.TestCase):
 
   def test_own_learner_example_runs_in_the_loop(self):
     from launch.configs import gg_permuted_mnist  # pylint: disable=import-outside-toplevel
-    from supsup_jax import experiment  # pylint: disable=import-outside-toplevel
+    from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
     text = open(README).read()
     section = text.split("## Learners and scenarios", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)

@@ -16,7 +16,7 @@ import numpy as np
 from launch.configs import gg_permuted_mnist
 from launch.configs import gnu_permuted_mnist_lenet
 from supsup_jax import bank as bank_lib
-from supsup_jax import experiment
+from supsup_jax.runs import continual as experiment
 from supsup_jax import inference
 from supsup_jax import masks as masks_lib
 from supsup_jax import models

@@ -12,11 +12,11 @@ import optax
 import pytest
 
 from launch.configs import uncertainty_cifar10, uncertainty_mnist
-from supsup_jax import runners
+from supsup_jax import runs as runners
 from supsup_jax.uncertainty import calibration as cal
 from supsup_jax.uncertainty import masksembles as ms
 from supsup_jax.uncertainty import members
-from supsup_jax.uncertainty import run as run_lib
+from supsup_jax.runs import uncertainty as run_lib
 from supsup_jax.uncertainty.models import UncertaintyMLP
 
 # ----------------------------------------------------------------- metrics

@@ -7,7 +7,7 @@ per run (``--config.method=``), N = 4. CPU-sized default: 2000 steps of 128.
     python -m launch.main --config=launch/configs/uncertainty_cifar10.py \
         --workdir=runs/uncertainty_cifar10/$m --config.method=$m
   done
-  python -m supsup_jax.uncertainty.table runs/uncertainty_cifar10/*
+  python -m supsup_jax.runs.uncertainty runs/uncertainty_cifar10/*
 """
 from launch.configs import uncertainty_mnist
 

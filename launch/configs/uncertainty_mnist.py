@@ -9,7 +9,7 @@ longest). The five-method table (list the workdirs in this order):
     python -m launch.main --config=launch/configs/uncertainty_mnist.py \
         --workdir=runs/uncertainty_mnist/$m --config.method=$m
   done
-  python -m supsup_jax.uncertainty.table runs/uncertainty_mnist/*
+  python -m supsup_jax.runs.uncertainty runs/uncertainty_mnist/*
 """
 import ml_collections
 

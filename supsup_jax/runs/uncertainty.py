@@ -288,3 +288,10 @@ def table(workdirs) -> str:
         f"{r['train_time_s']:.1f}", f"{r['wall_time_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
         f"{r['bytes_stored'] / 1024:.0f}")) + " |")
   return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  if len(sys.argv) < 2:
+    sys.exit("usage: python -m supsup_jax.runs.uncertainty WORKDIR [WORKDIR ...]")
+  print(table(sys.argv[1:]))

@@ -11,10 +11,10 @@ import importlib
 from typing import Callable
 
 RUNNERS: dict[str, str] = {
-    "continual": "supsup_jax.experiment:run",
-    "hopsupsup": "supsup_jax.hopsupsup_run:run",
-    "subnetwork": "supsup_jax.subnetwork.run:run",
-    "uncertainty": "supsup_jax.uncertainty.run:run",
+    "continual": "supsup_jax.runs.continual:run",
+    "hopsupsup": "supsup_jax.runs.hopsupsup:run",
+    "subnetwork": "supsup_jax.runs.subnetwork:run",
+    "uncertainty": "supsup_jax.runs.uncertainty:run",
 }
 
 

@@ -23,10 +23,8 @@ the last good checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
 import time
 from typing import Any, Callable, Mapping
 
@@ -36,10 +34,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from supsup_jax import checkpoint as ckpt_lib
-from supsup_jax import data as data_lib
 from supsup_jax import distributed
-from supsup_jax import evaluation
+from supsup_jax.runs import evaluation
+from supsup_jax.runs import scaffold
 from supsup_jax import inference
 from supsup_jax import learner as learner_lib
 from supsup_jax import masks as masks_lib
@@ -47,10 +44,8 @@ from supsup_jax import methods
 from supsup_jax import metrics
 from supsup_jax import models
 from supsup_jax import optim
-from supsup_jax import scalars
 from supsup_jax import state_io
 from supsup_jax import weights as weights_lib
-from supsup_jax import workdir as workdir_lib
 from supsup_jax.data.task_free import TaskFreeStream
 
 SCENARIOS = learner_lib.SCENARIOS
@@ -141,15 +136,12 @@ class Setup:
   extra_inferrers: dict[str, Callable]
 
 
-def build(config: ml_collections.ConfigDict) -> Setup:
-  """The data stream and the learner of a config (checked first)."""
-  _validate(config)
-  data_seed = config.get("data_seed")
-  stream = data_lib.make_stream(config.dataset, num_tasks=config.num_tasks,
-                                seed=config.seed if data_seed is None else data_seed,
-                                data_dir=config.get("data_dir") or None,
-                                download=bool(config.get("download", False)),
-                                **dict(config.get("dataset_options") or {}))
+def build(config: ml_collections.ConfigDict, *, validated: bool = False) -> Setup:
+  """The data stream and the learner of a config (checked first, unless the
+  caller just did)."""
+  if not validated:
+    _validate(config)
+  stream = scaffold.stream_from_config(config)
   method = config.get("method", "supsup")
   learner = methods.make_learner(method, config, stream)
   learner_lib.check_serves(learner, config.scenario)
@@ -253,56 +245,14 @@ def unstack(states, index: int) -> Any:
   return jax.tree.map(lambda x: x[index], states)
 
 
-class _Progress:
-  def __init__(self, total_steps: int, done_steps: int):
-    self.start = time.time()
-    self.total, self.done0, self.done = total_steps, done_steps, done_steps
-
-  def report(self, label: str, step: int, steps: int, mets: Mapping):
-    elapsed = time.time() - self.start
-    rate = (self.done - self.done0) / max(elapsed, 1e-9)
-    eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-    logging.info("%s step %d/%d loss %.4f acc %.3f | elapsed %s ETA %s", label,
-                 step, steps, float(mets["loss"]), float(mets["accuracy"]),
-                 _fmt(elapsed), _fmt(eta))
-
-
-def _fmt(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class _DropLibraryInfo:
-  """absl-logging filter: keeps orbax's INFO chatter out of the progress log."""
-
-  def filter(self, record) -> bool:  # pylint: disable=g-bare-generic
-    return record.levelno >= 30 or "/orbax/" not in record.pathname
-
-
-def _quiet_libraries() -> None:
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
-    handler.addFilter(_DropLibraryInfo())
-
-
-def _check_finite(mets, where: str, last_good: str) -> None:
-  if not bool(mets["finite"]):
-    raise FloatingPointError(
-        f"training became non-finite (NaN or inf loss or state) in {where}; "
-        f"stopped, {last_good}; lower config.learning_rate or check the data")
-
-
 class _Run:
   """State and plumbing shared by the scenario loops of one run."""
 
-  def __init__(self, config, workdir, ckpt, setup: Setup, mesh=None):
-    self.config, self.workdir, self.ckpt, self.setup = config, workdir, ckpt, setup
+  def __init__(self, config, sc: scaffold.Run, setup: Setup, mesh=None):
+    self.config, self.sc, self.setup = config, sc, setup
     # The device mesh (None on one device: today's single-device programs).
     self.mesh = mesh if mesh is not None and mesh.size > 1 else None
     self.learner = setup.learner
-    self.cfg_dict = config.to_dict()
     self.evaluator = evaluation.Evaluator(
         self.learner, setup.stream, scenario=config.scenario, num_tasks=config.num_tasks,
         batch_size=int(config.get("test_batch_size") or config.batch_size),
@@ -318,17 +268,14 @@ class _Run:
     # thousands of masks; runs of short tasks save at a task end only every
     # so many minutes (a resume then redoes at most that much, exactly).
     self.ckpt_seconds = 60.0 * float(config.get("checkpoint_every_minutes") or 0.0)
-    self.last_save = time.time()
     self.memory = self.place(_own(self.learner.init_memory()))
     self.rec: dict[str, Any] = {"eval_after": [], "rows": [], "inference_rows": [],
                                 "other_inference": [], "just_trained": [],
-                                "task_wall_s": [], "elapsed_s": 0.0}
+                                "task_wall_s": []}
     self.meta: dict[str, Any] = {}
     self.partial = None
-    self.run_start = time.time()
     self.stop_after = int(config.get("stop_after_steps") or 0)
     self.steps_this_process = 0
-    self.writer = None  # TensorBoard events, opened by restore()
 
   def place(self, memory):
     """Memory (weights, bank, ...) replicated once per device of the mesh."""
@@ -347,37 +294,27 @@ class _Run:
   def restore(self, restored) -> None:
     """Takes over a checkpoint's ``(tree, meta)`` (None: a fresh run)."""
     if restored is None:
-      self.writer = (scalars.ScalarWriter(os.path.join(self.workdir, "tensorboard"))
-                     if distributed.is_writer() else distributed.NullWriter())
       return
     tree, meta = restored
     self.memory = self.place(state_io.from_saveable(tree["memory"], self.memory))
     self.partial = tree.get("task_state")
     self.rec, self.meta = meta["record"], meta["loop"]
-    self.run_start = time.time() - float(self.rec.get("elapsed_s", 0.0))
-    # Events written after this checkpoint by a killed process are dropped.
-    self.writer = (scalars.ScalarWriter(os.path.join(self.workdir, "tensorboard"),
-                                        purge_step=int(self.meta.get("global_step", 0)))
-                   if distributed.is_writer() else distributed.NullWriter())
     logging.info("Resuming %s (%s) from %s (workdir %s)", self.config.experiment,
-                 self.learner.name, self.meta.get("where", "?"), self.workdir)
+                 self.learner.name, self.meta.get("where", "?"), self.sc.workdir)
 
   def log_train(self, global_step: int, mets: Mapping, **extra) -> None:
-    self.writer.write(global_step, {"train/loss": float(mets["loss"]),
+    self.sc.scalars(global_step, {"train/loss": float(mets["loss"]),
                                     "train/accuracy": float(mets["accuracy"]),
                                     **{f"train/{k}": v for k, v in extra.items()}})
 
   def save(self, step: int, loop: Mapping, task_state=None) -> None:
-    self.writer.flush()
-    self.rec["elapsed_s"] = time.time() - self.run_start
     # Sharded task states are gathered first: every process saves the same
     # (small) arrays and orbax's primary process writes them.
     tree = {"memory": state_io.to_saveable(distributed.gathered(self.memory))}
     if task_state is not None:
       tree["task_state"] = state_io.to_saveable(distributed.gathered(task_state))
-    self.ckpt.save(step, tree, {"loop": dict(loop), "record": self.rec,
-                                "config": self.cfg_dict})
-    self.last_save = time.time()
+    self.sc.save(step, tree, {"loop": dict(loop), "record": self.rec,
+                              "global_step": int(loop.get("global_step", 0))})
 
   def task_end_save_due(self, finished: bool, evaluated: bool) -> bool:
     """Whether to checkpoint at this task end: always without
@@ -386,7 +323,7 @@ class _Run:
     save."""
     stopping = bool(self.stop_after) and self.steps_this_process >= self.stop_after
     return (not self.ckpt_seconds or finished or evaluated or stopping
-            or time.time() - self.last_save >= self.ckpt_seconds)
+            or time.time() - self.sc.last_save >= self.ckpt_seconds)
 
   def evaluate(self, point: int, tasks, num_learned: int, slot_task=None) -> None:
     ev = self.evaluator.evaluate(self.local_memory(), tasks, num_learned, slot_task)
@@ -399,7 +336,7 @@ class _Run:
     if ev.inference_row is not None:
       tb["eval/task_inference_accuracy"] = metrics.average_accuracy(ev.inference_row)
       msg += f", task-inference accuracy {tb['eval/task_inference_accuracy']:.4f}"
-    self.writer.write(point, tb)
+    self.sc.scalars(point, tb)
     logging.info(msg)
 
 
@@ -417,7 +354,7 @@ def _run_tasks(run: _Run) -> dict:
     data = distributed.place_replicated(data, mesh)  # one copy per device, not per task
   eval_points = _eval_points(config)
   task = int(run.meta.get("next_task", 0))
-  progress = _Progress(num_tasks * steps, task * steps + int(run.meta.get("step", 0)))
+  progress = scaffold.Progress(num_tasks * steps, task * steps + int(run.meta.get("step", 0)))
   last_good = "no checkpoint yet"
   while task < num_tasks:
     group = list(range(task, min(task + parallel, num_tasks)))
@@ -447,7 +384,7 @@ def _run_tasks(run: _Run) -> dict:
         mets = jax.tree.map(jnp.mean, mets) | {"finite": jnp.all(mets["finite"])}
       else:
         state, mets = chunk_single(run.memory, data, state, task_ids[0], jnp.int32(done), n)
-      _check_finite(mets, f"{label} between steps {done} and {done + n}", last_good)
+      scaffold.check_finite(mets["finite"], f"{label} between steps {done} and {done + n}", last_good)
       done += n
       progress.done += n * len(group)
       progress.report(label, done, steps, mets)
@@ -505,7 +442,7 @@ def _run_nns(run: _Run) -> dict:
     state = state_io.from_saveable(
         run.partial, learner.init_task(run.memory, current, task_key(config.seed, current)))
     run.partial = None
-  progress = _Progress(stream.num_batches, b)
+  progress = scaffold.Progress(stream.num_batches, b)
   last_good = "no checkpoint yet"
 
   def slot_task():
@@ -535,7 +472,7 @@ def _run_nns(run: _Run) -> dict:
             stream.num_batches - b)
     true_task = stream.true_task(b)
     state, mets = chunk(run.memory, data, state, jnp.int32(b), n)
-    _check_finite(mets, f"stream batches {b}..{b + n - 1} (mask {current})", last_good)
+    scaffold.check_finite(mets["finite"], f"stream batches {b}..{b + n - 1} (mask {current})", last_good)
     slot_batches[current][true_task] += n
     b += n
     stop = run.out_of_budget(n) and b < stream.num_batches
@@ -579,7 +516,6 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   their own learner or stream through the same loop.
   """
   t_start = time.time()
-  _quiet_libraries()
   config = ml_collections.ConfigDict(config)
   _validate(config)
   mesh = distributed.mesh_from_config(config)  # sizes checked against the devices
@@ -588,40 +524,29 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   if config.scenario == "NNs" and mesh.size > 1:
     raise ValueError(f"NNs runs on one device, got config.mesh over {mesh.size} "
                      "devices; set --config.mesh=\"[('data', 1)]\"")
-  os.makedirs(workdir, exist_ok=True)
-  # One run per workdir (the other processes of a multi-host run share it).
-  with (workdir_lib.lock(workdir) if jax.process_index() == 0
-        else contextlib.nullcontext()):
-    return _run_locked(config, workdir, setup, mesh, t_start)
-
-
-def _run_locked(config, workdir, setup, mesh, t_start) -> dict:
-  ckpt = ckpt_lib.RunCheckpointer(workdir, config.to_dict())
-  state = None
-  try:
-    restored = ckpt.restore()  # refuses a workdir of another config, before any data
+  with scaffold.open_run(workdir, config, kind="continual") as sc:
+    if sc.finished is not None:
+      logging.info("%s: finished before; results in %s", config.experiment, workdir)
+      return sc.finished
+    restored = sc.restore()  # refuses a workdir of another config, before any data
     if setup is None:
-      setup = build(config)
+      setup = build(config, validated=True)
     else:
       learner_lib.check_serves(setup.learner, config.scenario)
-    state = _Run(config, workdir, ckpt, setup, mesh)
+    state = _Run(config, sc, setup, mesh)
     state.restore(restored)
     extra = _run_nns(state) if config.scenario == "NNs" else _run_tasks(state)
     if extra is None:
       logging.info("Stopped after %d steps (config.stop_after_steps); the same "
                    "command resumes", state.steps_this_process)
       return {"complete": False, "steps_this_process": state.steps_this_process}
-    results = _finish(state, extra, time.time() - state.run_start)
-  finally:
-    ckpt.close()  # joins orbax's writer threads, also on errors
-    if state is not None and state.writer is not None:
-      state.writer.close()
+    results = _finish(state, extra)
   logging.info("Done in %.1fs (this process %.1fs); results in %s",
                results["wall_time_s"], time.time() - t_start, workdir)
   return results
 
 
-def _finish(run: _Run, extra: Mapping, wall: float) -> dict:
+def _finish(run: _Run, extra: Mapping) -> dict:
   config, rec = run.config, run.rec
   final_row = rec["rows"][-1]
   gn = config.scenario != "GG"
@@ -638,7 +563,7 @@ def _finish(run: _Run, extra: Mapping, wall: float) -> dict:
       "accuracy_just_trained": rec["just_trained"],
       **run.learner.summary(run.memory, num_learned),
       "steps_per_task": run.setup.steps_per_task,
-      "wall_time_s": wall,
+      "wall_time_s": run.sc.elapsed(),
       "wall_time_per_task_s": rec["task_wall_s"],
       "device": str(jax.devices()[0].device_kind),
       "device_count": jax.device_count(),
@@ -658,8 +583,4 @@ def _finish(run: _Run, extra: Mapping, wall: float) -> dict:
       # Task-inference accuracy of the other objectives at each evaluation point.
       results["task_inference_accuracy_other_objectives"] = rec["other_inference"]
   results.update(metrics.continual_metrics(results))
-  if distributed.is_writer():  # multi-host: process 0 writes
-    metrics.write_run_outputs(run.workdir, results)
-    # Last, atomically: a results.json means the run and its outputs are complete.
-    metrics.write_json_atomic(os.path.join(run.workdir, "results.json"), results)
-  return results
+  return run.sc.finish(results, lambda r: metrics.write_run_outputs(run.sc.workdir, r))

@@ -269,7 +269,7 @@ def reproduce(name: str, workdir: str, scale: str = "cpu",
               log: Callable[[str], None] = print) -> dict:
   """Runs the missing runs of figure ``name`` and writes its outputs.
 
-  ``run_fn(config, subdir)`` defaults to :func:`supsup_jax.experiment.run`
+  ``run_fn(config, subdir)`` defaults to :func:`supsup_jax.runs.continual.run`
   (which resumes an interrupted run and refuses a subdir of another config).
   Returns :func:`write_outputs`'s summary.
   """
@@ -278,8 +278,8 @@ def reproduce(name: str, workdir: str, scale: str = "cpu",
   configs = {r.name: run_config(fig, r, scale, base) for r in fig.runs_at(scale)}
   claim_workdir(workdir, fig, scale)
   if run_fn is None:
-    from supsup_jax import experiment  # pylint: disable=import-outside-toplevel
-    run_fn = experiment.run
+    from supsup_jax.runs import continual  # pylint: disable=import-outside-toplevel
+    run_fn = continual.run
   for i, run in enumerate(fig.runs_at(scale)):
     sub, cfg = os.path.join(workdir, run.name), configs[run.name]
     if is_finished(sub, cfg):
