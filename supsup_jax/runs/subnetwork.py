@@ -19,25 +19,11 @@ import numpy as np
 from supsup_jax import metrics
 from supsup_jax import models
 from supsup_jax import weights as weights_lib
-from supsup_jax.data import InMemoryStream, NORM, load_dataset
+from supsup_jax.data.single_task import single_task_stream
 from supsup_jax.subnetwork import methods as methods_lib
 from supsup_jax.subnetwork import pruning
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
 STUDIES = ("pac_net", "meta_ticket")
-
-
-def single_task_stream(dataset: str, seed: int, data_dir: str | None = None,
-                       download: bool = False, classes=None) -> InMemoryStream:
-  """The whole dataset as one task (all its classes, labels unchanged), or the
-  given ``classes`` relabelled 0..len-1."""
-  if dataset not in DATASETS:
-    raise ValueError(f"dataset {dataset!r} unknown; allowed: {', '.join(DATASETS)}")
-  data = load_dataset(dataset, data_dir, download)
-  mean, std = NORM[dataset]
-  return InMemoryStream(name=dataset, data=data, num_tasks=1, seed=int(seed), mean=mean,
-                        std=std, task_classes=None if classes is None else [list(classes)],
-                        shared_labels=False)
 
 
 def steps_of(config, stream) -> int:

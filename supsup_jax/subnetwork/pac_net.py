@@ -62,7 +62,7 @@ def _calibrated(free, frozen, key):
 
 
 def run(config, workdir: str) -> dict:
-  from supsup_jax.subnetwork.run import single_task_stream  # pylint: disable=import-outside-toplevel
+  from supsup_jax.data.single_task import single_task_stream  # pylint: disable=import-outside-toplevel
   from supsup_jax.training import make_optimizer  # pylint: disable=import-outside-toplevel
   check_pair(config.source, config.target)
   keep = float(config.pac_keep_fraction)
