@@ -8,9 +8,9 @@ setuptools.setup(
                 "continual learning in JAX/Flax.",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["supsup_jax", "supsup_jax.*",
-                                               "launch", "launch.*",
-                                               "benchmarks", "benchmarks.*"]),
+    # The library only: launch/ (the absl launchers and configs), benchmarks/
+    # and tools/ run from a checkout (python -m launch.main ...).
+    packages=setuptools.find_packages(include=["supsup_jax", "supsup_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.30",

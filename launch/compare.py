@@ -21,19 +21,15 @@ Storage per task = ``bytes_per_task + bytes_shared / num_tasks``: what each
 task costs, with what is stored once (a trained network; nothing for a
 network given by its seed) spread over the tasks.
 """
-from __future__ import annotations
-
-import csv
-import json
 import os
 import sys
-from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
-import numpy as np
+
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (launch/configs/*.py).", lock_config=False)
@@ -43,244 +39,22 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
 _RUNS = flags.DEFINE_list("runs", [], "Finished workdirs (with results.json) to include.")
 flags.mark_flags_as_required(["workdir"])
 
-CSV_FIELDS = ("method", "num_tasks", "avg_accuracy", "forgetting", "bytes_per_task",
-              "bytes_shared", "storage_per_task", "wall_time_per_task_s",
-              "task_inference_accuracy", "workdir")
-
-
-# ------------------------------------------------------------------ checks --
-
-def check_methods(methods: Sequence[str], config, stream_fn: Callable[[], Any]) -> None:
-  """One-line ValueError for an unknown method or one that cannot serve the
-  config's scenario (naming those that can). ``stream_fn`` builds the data
-  stream, only when a learner has to be built to tell."""
-  from supsup_jax import learner as learner_lib  # pylint: disable=import-outside-toplevel
-  from supsup_jax import methods as methods_lib  # pylint: disable=import-outside-toplevel
-  unknown = [m for m in methods if m not in methods_lib.METHODS]
-  if unknown:
-    raise ValueError(f"unknown method {unknown[0]!r}; allowed: "
-                     f"{', '.join(sorted(methods_lib.METHODS))}")
-  if len(set(methods)) != len(methods):
-    raise ValueError(f"--methods lists a method twice: {','.join(methods)}")
-  scenario = config.get("scenario", "GG")
-  if scenario == "GG" or not methods:
-    return  # every learner serves GG
-  stream = stream_fn()
-
-  def can_serve(name) -> bool:
-    try:
-      return learner_lib.serves(methods_lib.make_learner(name, config, stream), scenario)
-    except Exception:  # pylint: disable=broad-except
-      return False  # a method that cannot even be built for this config cannot serve it
-
-  for m in methods:
-    if not can_serve(m):
-      able = [n for n in sorted(methods_lib.METHODS) if n != m and can_serve(n)]
-      raise ValueError(f"method {m!r} cannot serve scenario {scenario} of "
-                       f"{config.get('experiment') or 'this config'}; methods that can: "
-                       f"{', '.join(able) or 'none'}")
-
-
-# ----------------------------------------------------------------- results --
-
-def _mean(x) -> float | None:
-  if x is None:
-    return None
-  if isinstance(x, (list, tuple)):
-    vals = [v for v in x if v is not None]
-    return float(np.mean(vals)) if vals else None
-  return float(x)
-
-
-def load_run(workdir: str) -> dict:
-  """One run's comparison entry from its ``results.json``."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} has no results.json (not a finished run)")
-  with open(path) as f:
-    r = json.load(f)
-  missing = [k for k in ("avg_accuracy", "accuracy_matrix", "eval_after_tasks")
-             if k not in r]
-  if missing:
-    raise ValueError(f"{path} lacks {', '.join(missing)}")
-  method = r.get("method") or (r.get("config") or {}).get("method") or os.path.basename(
-      os.path.normpath(workdir))
-  num_tasks = int(r.get("num_tasks") or len(r["accuracy_matrix"][-1]))
-  curve = [_mean(row) for row in r["accuracy_matrix"]]
-  bytes_per_task = r.get("bytes_per_task")
-  shared = r.get("bytes_shared") or 0
-  storage = None if bytes_per_task is None else float(bytes_per_task) + shared / num_tasks
-  return {
-      "method": method,
-      "num_tasks": num_tasks,
-      "avg_accuracy": float(r["avg_accuracy"]),
-      "forgetting": _mean(r.get("forgetting")),
-      "bytes_per_task": bytes_per_task,
-      "bytes_shared": shared,
-      "storage_per_task": storage,
-      "wall_time_per_task_s": _mean(r.get("wall_time_per_task_s")),
-      "task_inference_accuracy": _mean(r.get("task_inference_accuracy")),
-      "workdir": os.path.abspath(workdir),
-      "experiment": r.get("experiment"),
-      "scenario": r.get("scenario"),
-      "curve": {"tasks_learned": [int(t) for t in r["eval_after_tasks"]],
-                "avg_accuracy": curve},
-  }
-
-
-def _is_finished(workdir: str, config) -> bool:
-  """Whether ``workdir`` holds a finished run of exactly ``config``."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    r = json.load(f)
-  same = json.loads(json.dumps(config.to_dict(), default=str))
-  return "avg_accuracy" in r and r.get("config") == same
-
-
-# ----------------------------------------------------------------- outputs --
-
-def write_outputs(out_dir: str, entries: Sequence[Mapping], title: str = "") -> dict:
-  """Writes comparison.csv / .json / .png to ``out_dir``; returns the paths."""
-  from supsup_jax import metrics  # pylint: disable=import-outside-toplevel
-  if not entries:
-    raise ValueError("nothing to compare: give --methods and/or --runs")
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {ext: os.path.join(out_dir, f"comparison.{ext}") for ext in ("csv", "json", "png")}
-  tmp = paths["csv"] + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    for e in entries:
-      w.writerow({k: ("" if e.get(k) is None else e.get(k)) for k in CSV_FIELDS})
-  os.replace(tmp, paths["csv"])
-  _plot(paths["png"], entries, title)
-  metrics.write_json_atomic(paths["json"], {"title": title, "methods": list(entries)})
-  return paths
-
-
-def _plot(path: str, entries: Sequence[Mapping], title: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
-  max_tasks = 1
-  for i, e in enumerate(entries):
-    color = f"C{i % 10}"
-    xs = [0] + list(e["curve"]["tasks_learned"])
-    ys = [None] + [None if v is None else 100 * v for v in e["curve"]["avg_accuracy"]]
-    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
-    max_tasks = max(max_tasks, max(x for x, _ in pts))
-    ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color,
-             label=f"{e['method']} ({100 * e['avg_accuracy']:.1f}%)")
-    if e.get("storage_per_task"):
-      ax2.scatter([e["storage_per_task"]], [100 * e["avg_accuracy"]], color=color, s=50)
-      ax2.annotate(e["method"], (e["storage_per_task"], 100 * e["avg_accuracy"]),
-                   textcoords="offset points", xytext=(5, 5), fontsize=8)
-  ax1.set(xlabel="tasks learned", ylabel="average accuracy (%)", ylim=(0, 100),
-          xlim=(0, max_tasks + 0.5), title="average accuracy over the tasks learned")
-  ax1.xaxis.get_major_locator().set_params(integer=True)
-  ax1.grid(alpha=0.3)
-  ax1.legend(fontsize=8, loc="lower left")
-  ax2.set_xscale("log")
-  ax2.set(xlabel="storage per task (bytes, log scale; shared network spread over the tasks)",
-          ylabel="final average accuracy (%)", ylim=(0, 100),
-          title="accuracy vs storage per task")
-  ax2.grid(alpha=0.3, which="both")
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
-# -------------------------------------------------------------------- main --
-
-def compare(config, methods: Sequence[str], workdir: str, runs: Iterable[str] = (),
-            run_fn: Callable[[Any, str], Any] | None = None,
-            stream_fn: Callable[[], Any] | None = None) -> list[dict]:
-  """Runs the missing methods and writes the comparison; returns its entries.
-
-  ``run_fn(config, subdir)`` defaults to :func:`supsup_jax.runs.continual.run`;
-  ``stream_fn`` to the config's data stream (for the scenario check).
-  """
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  runs = list(runs)
-  if methods and config is None:
-    raise ValueError("--methods needs --config")
-  if config is not None:
-    if stream_fn is None:
-      def stream_fn():
-        from supsup_jax import data  # pylint: disable=import-outside-toplevel
-        seed = config.get("data_seed")
-        return data.make_stream(config.dataset, num_tasks=config.num_tasks,
-                                seed=config.seed if seed is None else seed,
-                                data_dir=config.get("data_dir") or None,
-                                download=bool(config.get("download", False)),
-                                **dict(config.get("dataset_options") or {}))
-    check_methods(list(methods), config, stream_fn)
-  for r in runs:
-    if not os.path.exists(os.path.join(r, "results.json")):
-      raise FileNotFoundError(f"--runs {r}: no results.json there (not a finished run)")
-  if run_fn is None:
-    from supsup_jax.runs import continual  # pylint: disable=import-outside-toplevel
-    run_fn = continual.run
-  dirs = []
-  for m in methods:
-    sub = os.path.join(workdir, m)
-    cfg = ml_collections.ConfigDict(config.to_dict())
-    cfg.method = m
-    if _is_finished(sub, cfg):
-      logging.info("%s: finished run found in %s", m, sub)
-    else:
-      # Resumes an interrupted run; refuses a workdir of another config.
-      logging.info("%s: running in %s", m, sub)
-      run_fn(cfg, sub)
-      if not os.path.exists(os.path.join(sub, "results.json")):
-        raise RuntimeError(f"{m}: the run in {sub} stopped before writing results.json; "
-                           "run the same command again to resume")
-    dirs.append(sub)
-  entries = [load_run(d) for d in dirs + runs]
-  title = ""
-  if config is not None:
-    title = f"{config.get('experiment') or ''} ({config.get('scenario', 'GG')}, {config.num_tasks} tasks)"
-  write_outputs(workdir, entries, title)
-  return entries
-
-
-def format_table(entries: Sequence[Mapping]) -> str:
-  lines = [f"{'method':<22}{'avg acc':>9}{'forgetting':>12}{'bytes/task':>13}"
-           f"{'shared bytes':>14}{'s/task':>9}"]
-  for e in entries:
-    fmt = lambda v, f: "-" if v is None else format(v, f)
-    lines.append(f"{e['method']:<22}{fmt(100 * e['avg_accuracy'], '8.2f')}%"
-                 f"{fmt(None if e['forgetting'] is None else 100 * e['forgetting'], '11.2f')}%"
-                 f"{fmt(e['bytes_per_task'], '13,d')}{fmt(e['bytes_shared'], '14,d')}"
-                 f"{fmt(e['wall_time_per_task_s'], '9.1f')}")
-  return "\n".join(lines)
-
 
 def main(argv):
   from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
   xla_flags.apply_cpu_defaults()  # before JAX starts its backend
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from supsup_jax.data import DataNotFoundError  # pylint: disable=import-outside-toplevel
-  from supsup_jax.checkpoint import ConfigMismatchError  # pylint: disable=import-outside-toplevel
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = cli.load_config(_CONFIG) if flags.FLAGS["config"].present else None
   logging.get_absl_handler().python_handler.stream = sys.stdout
   logging.set_verbosity(logging.INFO)
-  try:
-    entries = compare(_CONFIG.value, _METHODS.value, _WORKDIR.value, _RUNS.value)
-  except (ValueError, FileNotFoundError, RuntimeError, ConfigMismatchError,
-          DataNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  print(format_table(entries))
+  with cli.one_line_errors(_WORKDIR.value):
+    from supsup_jax.runs import compare  # pylint: disable=import-outside-toplevel
+    entries = compare.compare(config, _METHODS.value, _WORKDIR.value, _RUNS.value)
+  print(compare.format_table(entries))
   print(f"wrote comparison.csv, comparison.json, comparison.png to "
         f"{os.path.abspath(_WORKDIR.value)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

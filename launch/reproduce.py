@@ -23,6 +23,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from launch import cli
+from launch import configs
 from supsup_jax.runs import figures
 
 _FIGURE = flags.DEFINE_string("figure", None,
@@ -32,45 +34,23 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Directory of the figure's runs (default "
                                "runs/reproduce/<figure>_<scale>).")
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT):
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(code)
-
-
 def main(argv):
   from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
   xla_flags.apply_cpu_defaults()  # before JAX starts its backend
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   name, scale = _FIGURE.value, _SCALE.value
   if not name:
-    _fail(f"--figure is required; known figures: {', '.join(figures.FIGURES)}")
-  try:
+    cli.fail(f"--figure is required; known figures: {', '.join(figures.FIGURES)}")
+  workdir = _WORKDIR.value or os.path.join("runs", "reproduce", f"{name}_{scale}")
+  logging.get_absl_handler().python_handler.stream = sys.stdout
+  logging.set_verbosity(logging.INFO)
+  with cli.one_line_errors(workdir):
     figures.get_figure(name)
     if scale not in figures.SCALES:
       raise ValueError(f"unknown --scale {scale!r}; allowed: {', '.join(figures.SCALES)}")
-  except ValueError as e:
-    _fail(str(e))
-  workdir = _WORKDIR.value or os.path.join("runs", "reproduce", f"{name}_{scale}")
-  # pylint: disable=import-outside-toplevel
-  from supsup_jax import workdir as workdir_lib
-  from supsup_jax.checkpoint import ConfigMismatchError
-  from supsup_jax.data import DataNotFoundError
-  # pylint: enable=import-outside-toplevel
-  logging.get_absl_handler().python_handler.stream = sys.stdout
-  logging.set_verbosity(logging.INFO)
-  try:
-    data = figures.reproduce(name, workdir, scale, log=lambda m: print(m, flush=True))
-  except KeyboardInterrupt:
-    _fail(f"interrupted; run the same command again to resume in {os.path.abspath(workdir)}",
-          EXIT_INTERRUPTED)
-  except (ValueError, FileNotFoundError, RuntimeError, DataNotFoundError,
-          ConfigMismatchError, workdir_lib.WorkdirLockedError, PermissionError) as e:
-    _fail(" ".join(str(e).split()))
+    data = figures.reproduce(name, workdir, scale, base=configs.load,
+                             log=lambda m: print(m, flush=True))
   for panel in data["panels"]:
     for line in panel["lines"]:
       inf = line["final_task_inference_pct"]
@@ -81,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

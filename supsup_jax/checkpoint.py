@@ -70,13 +70,18 @@ def _step_digests(step_dir: str) -> dict[str, str]:
   return out
 
 
-def _verify(step_dir: str) -> None:
-  """Raises ValueError naming the first damaged file of a step (if it has digests)."""
+def _verify(step_dir: str) -> bool:
+  """Whether a step's files match its recorded digests (False: it has none).
+
+  Raises ValueError naming the first damaged file.
+  """
   try:
     with open(os.path.join(step_dir, _DIGESTS)) as f:
       want = json.load(f)
   except FileNotFoundError:
-    return  # written before digests existed, or killed before they were: orbax decides
+    # Written before digests existed, or interrupted between orbax's commit
+    # and the digests: readable, but a flipped bit would go unnoticed.
+    return False
   except ValueError:
     raise ValueError(f"{os.path.join(step_dir, _DIGESTS)} is not valid JSON") from None
   got = _step_digests(step_dir)
@@ -85,6 +90,7 @@ def _verify(step_dir: str) -> None:
       what = "is missing" if rel not in got else (
           "is not in the record" if rel not in want else "has changed (sha256 mismatch)")
       raise ValueError(f"{os.path.join(step_dir, rel)} {what}")
+  return True
 
 
 def _one_line(e: BaseException) -> str:
@@ -128,31 +134,40 @@ class RunCheckpointer:
     self.config = dict(config)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        # Half-written steps of a killed save (orbax's tmp folders) are removed.
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: Mapping) -> None:
     meta = dict(meta, config_fingerprint=self.fingerprint)
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True)
-    self._manager.wait_until_finished()
-    if jax.process_index() == 0:
-      step_dir = self._step_dir(step)
-      digests = _step_digests(step_dir)
-      tmp = os.path.join(step_dir, f".{_DIGESTS}.tmp")
-      with open(tmp, "w") as f:
-        json.dump(digests, f, indent=0, sort_keys=True)
-      os.replace(tmp, os.path.join(step_dir, _DIGESTS))
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          force=True)
+      self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        step_dir = self._step_dir(step)
+        digests = _step_digests(step_dir)
+        tmp = os.path.join(step_dir, f".{_DIGESTS}.tmp")
+        with open(tmp, "w") as f:
+          json.dump(digests, f, indent=0, sort_keys=True)
+        os.replace(tmp, os.path.join(step_dir, _DIGESTS))
+    except Exception as e:  # pylint: disable=broad-except  (a full disk, a lost mount, ...)
+      latest = [s for s in self._manager.all_steps() if s != step]
+      raise CheckpointError(
+          f"cannot write checkpoint step {step} to {self.directory} ({_one_line(e)}); "
+          "free space or fix the folder, then run the same command to resume from "
+          + (f"step {max(latest)}" if latest else "the start")) from None
     _barrier(f"supsup_digests_{step}")
 
   def _step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def _restore_step(self, step: int) -> tuple[Any, dict]:
-    _verify(self._step_dir(step))
+  def _restore_step(self, step: int) -> tuple[Any, dict, bool]:
+    verified = _verify(self._step_dir(step))
     meta = self._manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(meta, dict):
@@ -165,7 +180,7 @@ class RunCheckpointer:
           "use a new --workdir or the same config to resume")
     state = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore()))["state"]
-    return state, meta
+    return state, meta, verified
 
   def restore(self) -> tuple[Any, dict] | None:
     """The latest readable (state, meta), or None for a fresh workdir.
@@ -181,10 +196,10 @@ class RunCheckpointer:
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       return None
-    failures, damaged = [], []
+    failures, damaged, unverified = [], [], []
     for step in steps:
       try:
-        restored = self._restore_step(step)
+        state, meta, verified = self._restore_step(step)
       except ConfigMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -194,10 +209,26 @@ class RunCheckpointer:
                      "trying the previous one" if step != steps[-1] else "none left")
         damaged.append(step)
         continue
-      # New saves will reuse the damaged steps' numbers: move them out of the way.
+      if not verified:
+        # No digests: a save interrupted after orbax's commit (or an old
+        # run). Trusted only when no verified step is left to fall back to.
+        unverified.append((step, state, meta))
+        continue
+      for bad in damaged + [s for s, _, _ in unverified]:
+        if bad in [s for s, _, _ in unverified]:
+          _log.warning("checkpoint step %d in %s has no digests (its save was "
+                       "interrupted); not trusted, using verified step %d", bad,
+                       self.directory, step)
+        # New saves will reuse these steps' numbers: move them out of the way.
+        self._set_aside(bad)
+      return state, meta
+    if unverified:
+      step, state, meta = unverified[0]
+      _log.warning("checkpoint step %d in %s has no digests and no verified step is "
+                   "left: using it unverified", step, self.directory)
       for bad in damaged:
         self._set_aside(bad)
-      return restored
+      return state, meta
     raise CheckpointError(
         f"no readable checkpoint in {self.directory} ({'; '.join(failures)}); "
         f"delete {self.directory} to start over")

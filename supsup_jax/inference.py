@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from supsup_jax import bank as bank_lib
+from supsup_jax import losses
 from supsup_jax import tree as tree_lib
 from supsup_jax.masked_model import MaskedModel
 
@@ -44,8 +45,7 @@ def objective_value(logits: jax.Array, objective: str, num_classes: int) -> jax.
   """Scalar objective of a batch of logits [B, num_outputs]."""
   check_objective(objective)
   if objective == "entropy":
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1))
+    return losses.batch_entropy(logits)
   if logits.shape[-1] <= num_classes:
     raise ValueError(
         f"objective 'g' needs superfluous neurons: the model has "

@@ -6,12 +6,10 @@ only thing a task owns.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from supsup_jax import masks as masks_lib
 from supsup_jax.masks import MaskSpec
@@ -50,10 +48,6 @@ class MaskedModel:
              key: jax.Array | None = None):
     return self.logits_with_masks(weights, self.mask_spec(scores), batch_stats,
                                   images, train, key)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:

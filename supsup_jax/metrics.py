@@ -33,6 +33,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from supsup_jax import plotting
+
 Row = Sequence[float | None]
 
 
@@ -183,19 +185,8 @@ def write_accuracy_csv(path: str, eval_after: Sequence[int],
   os.replace(tmp, path)
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
-
-
-def _save_atomic(fig, path: str) -> None:
-  plt = _pyplot()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=fig.dpi)
-  plt.close(fig)
-  os.replace(tmp, path)
+_pyplot = plotting.pyplot
+_save_atomic = plotting.save_atomic
 
 
 def _integer_locator():

@@ -5,9 +5,11 @@ optimizer state, that task's batch-norm statistics, a step counter and a PRNG
 key. The frozen weights are passed to the step as a separate argument: they
 are never part of the optimizer state, so they cannot change.
 
-``train_step(weights, state, images, labels) -> (state, metrics)`` is one jitted
-function; :func:`make_multitask_step` vmaps it over a leading task axis of the
-state and the batch to train several tasks' masks at once (GG).
+:func:`make_train_step` returns the pure, un-jitted step ``(weights, state,
+images, labels) -> (state, metrics)``; the run loop (``supsup_jax.runs``) jits
+it inside a ``lax.scan`` over a task's steps, vmapped over a task axis when it
+trains several tasks at once. :func:`make_multitask_step` is that vmap for
+library users.
 """
 from __future__ import annotations
 
@@ -16,13 +18,12 @@ from typing import Any, Callable, Mapping
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from supsup_jax import masks as masks_lib
 from supsup_jax.masked_model import MaskedModel
 from supsup_jax.masked_model import accuracy
-from supsup_jax.masked_model import cross_entropy
+from supsup_jax.losses import cross_entropy
 from supsup_jax.optim import make_optimizer  # noqa: F401  (kept importable from here)
 
 
@@ -91,10 +92,6 @@ def stack_states(states: list[TaskState]) -> TaskState:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def unstack_state(states: TaskState, index: int) -> TaskState:
-  return jax.tree.map(lambda x: x[index], states)
-
-
 def make_eval_step(masked: MaskedModel) -> Callable:
   """``(weights, masks, batch_stats, images, labels) -> number correct`` (jitted)."""
 
@@ -104,14 +101,3 @@ def make_eval_step(masked: MaskedModel) -> Callable:
     return jnp.sum(jnp.argmax(logits[:, :masked.num_classes], -1) == labels)
 
   return eval_step
-
-
-def evaluate_task(eval_step: Callable, weights, masks, batch_stats, batches) -> float:
-  """Accuracy of one task's masks over an iterable of (images, labels)."""
-  correct, total = 0, 0
-  for images, labels in batches:
-    correct += int(eval_step(weights, masks, batch_stats, images, labels))
-    total += int(np.shape(labels)[0])
-  if total == 0:
-    raise ValueError("no test examples to evaluate")
-  return correct / total

@@ -1,11 +1,11 @@
-"""launch/compare.py: table and plot from results dirs, what runs, bad input."""
+"""supsup_jax.runs.compare (launch/compare.py): table and plot from results dirs, what runs, bad input."""
 import csv
 import json
 import os
 
 import pytest
 
-from launch import compare
+from supsup_jax.runs import compare
 from launch.configs import gg_permuted_mnist
 from launch.configs import gnu_permuted_mnist_lenet
 

@@ -371,7 +371,7 @@ _FAKE_CONFIG = textwrap.dedent('''
 _LAUNCH = ("import sys; from absl import app; from supsup_jax import runs as runners; "
            "runners.RUNNERS.update({n: 'fake_runners:' + n for n in "
            "('nan_run', 'nan_results', 'interrupted', 'multi_line', 'ok')}); "
-           "from launch import main; app.run(main.main, flags_parser=main._parse_flags)")
+           "from launch import cli, main; app.run(main.main, flags_parser=cli.parse_flags)")
 
 
 def _launch(*args, fake_dir=None):

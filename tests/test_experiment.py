@@ -19,6 +19,7 @@ from launch.configs import gnu_permuted_mnist_lenet
 from launch.configs import gns_split_mnist
 from supsup_jax.runs import evaluation
 from supsup_jax.runs import continual as experiment
+from supsup_jax import checkpoint
 from supsup_jax import state_io
 from supsup_jax.checkpoint import ConfigMismatchError
 
@@ -89,7 +90,7 @@ class TransferTest(absltest.TestCase):
     experiment.run(c, workdir)
     setup = experiment.build(c)
     template = setup.learner.init_memory()
-    tree, _ = experiment.ckpt_lib.RunCheckpointer(workdir, c.to_dict()).restore()
+    tree, _ = checkpoint.RunCheckpointer(workdir, c.to_dict()).restore()
     kept = np.asarray(state_io.from_saveable(tree["memory"], template)
                       ["kept_scores"]["Dense_0"]["kernel"])
     # Task 2's scores moved at most 30 RMSprop steps (<= ~10 * lr each) away

@@ -1,5 +1,6 @@
-"""launch/reproduce.py and supsup_jax/figures.py: bad input, resume, and the
+"""launch/reproduce.py and supsup_jax/runs/figures.py: bad input, resume, and the
 report and plot agreeing with the runs' results.json (fake runs, so fast)."""
+import functools
 import json
 import os
 import re
@@ -9,7 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from supsup_jax import figures
+from launch import configs
+from supsup_jax.runs import figures
+
+# The launcher's config loader, as launch/reproduce.py passes it.
+_reproduce = functools.partial(figures.reproduce, base=configs.load)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,11 +67,11 @@ def test_cli_unknown_figure_one_line_exit_2():
 def test_workdir_of_another_figure_refused(tmp_path):
   wd = str(tmp_path / "wd")
   calls = []
-  figures.reproduce("oneshot_vs_binary", wd, "cpu", run_fn=_fake_run(calls), log=lambda m: None)
+  _reproduce("oneshot_vs_binary", wd, "cpu", run_fn=_fake_run(calls), log=lambda m: None)
   assert sorted(calls) == ["binary", "oneshot"]
   for other, scale in (("output_size_ablation", "cpu"), ("oneshot_vs_binary", "paper")):
     with pytest.raises(ValueError) as e:
-      figures.reproduce(other, wd, scale, run_fn=_fake_run(calls), log=lambda m: None)
+      _reproduce(other, wd, scale, run_fn=_fake_run(calls), log=lambda m: None)
     msg = str(e.value)
     assert "\n" not in msg and "'oneshot_vs_binary'" in msg and "another --workdir" in msg
   assert len(calls) == 2  # nothing ran
@@ -74,26 +79,26 @@ def test_workdir_of_another_figure_refused(tmp_path):
   (tmp_path / "other").mkdir()
   (tmp_path / "other" / "results.json").write_text("{}")
   with pytest.raises(ValueError, match="not a launch.reproduce workdir"):
-    figures.reproduce("oneshot_vs_binary", str(tmp_path / "other"), "cpu",
+    _reproduce("oneshot_vs_binary", str(tmp_path / "other"), "cpu",
                       run_fn=_fake_run(calls), log=lambda m: None)
 
 
 def test_finished_runs_reused_missing_ones_run(tmp_path):
   wd = str(tmp_path / "wd")
   calls = []
-  figures.reproduce("output_size_ablation", wd, "cpu", run_fn=_fake_run(calls),
+  _reproduce("output_size_ablation", wd, "cpu", run_fn=_fake_run(calls),
                     log=lambda m: None)
   # CPU scale: the LeNet panel only, s in {25, 100, 200} x {H, G}.
   assert sorted(calls) == sorted(f"lenet_s{s}_{o}" for s in (25, 100, 200) for o in "hg")
   os.remove(os.path.join(wd, "lenet_s100_g", "results.json"))
   calls.clear()
-  figures.reproduce("output_size_ablation", wd, "cpu", run_fn=_fake_run(calls),
+  _reproduce("output_size_ablation", wd, "cpu", run_fn=_fake_run(calls),
                     log=lambda m: None)
   assert calls == ["lenet_s100_g"]
   # A run_fn that ends without results.json (stopped) is reported, not drawn.
   os.remove(os.path.join(wd, "lenet_s25_h", "results.json"))
   with pytest.raises(RuntimeError, match="lenet_s25_h.*run the same command again"):
-    figures.reproduce("output_size_ablation", wd, "cpu", run_fn=lambda c, d: None,
+    _reproduce("output_size_ablation", wd, "cpu", run_fn=lambda c, d: None,
                       log=lambda m: None)
 
 
@@ -109,7 +114,7 @@ def _table_rows(report: str) -> dict:
 
 def test_report_and_plot_agree_with_results(tmp_path):
   wd = str(tmp_path / "wd")
-  data = figures.reproduce("permuted_mnist_gnu", wd, "cpu", run_fn=_fake_run([]),
+  data = _reproduce("permuted_mnist_gnu", wd, "cpu", run_fn=_fake_run([]),
                            log=lambda m: None)
   with open(os.path.join(wd, "report.md")) as f:
     report = f.read()
@@ -150,7 +155,7 @@ def test_paper_scale_is_the_papers_settings():
   split), with the run's output size and objective."""
   fig = figures.get_figure("output_size_ablation")
   for run in fig.runs_at("paper"):
-    c = figures.run_config(fig, run, "paper")
+    c = figures.run_config(fig, run, "paper", configs.load)
     assert (c.num_tasks, c.iterations_per_task, c.batch_size) == (250, 1000, 128)
     assert (c.optimizer, c.learning_rate, c.eval_batches_per_task) == ("rmsprop", 1e-4, 0)
     s, o = re.match(r"(?:lenet|fc)_s(\d+)_([hg])", run.name).groups()
@@ -159,26 +164,26 @@ def test_paper_scale_is_the_papers_settings():
     assert c.model == ("lenet300100" if run.name.startswith("lenet") else "fc10241024")
   assert len(fig.runs_at("paper")) == 12 and len(fig.runs_at("cpu")) == 6
   g2500 = figures.get_figure("permuted_mnist_2500")
-  assert {figures.run_config(g2500, r, "paper").num_tasks
+  assert {figures.run_config(g2500, r, "paper", configs.load).num_tasks
           for r in g2500.runs_at("paper")} == {2500}
   # Every figure's configs build at both scales (keys exist).
   for f in figures.FIGURES.values():
     for scale in figures.SCALES:
       for run in f.runs_at(scale):
-        figures.run_config(f, run, scale)
+        figures.run_config(f, run, scale, configs.load)
 
 
 def test_override_of_a_missing_key_refused():
   fig = figures.Figure("x", "Figure 0", "", (figures.Panel("p", (
       figures.Run("r", "gnu_permuted_mnist_lenet", "r", {"num_outputz": 3}),)),), {})
   with pytest.raises(ValueError, match="has no key 'num_outputz'"):
-    figures.run_config(fig, fig.panels[0].runs[0], "paper")
+    figures.run_config(fig, fig.panels[0].runs[0], "paper", configs.load)
 
 
 @pytest.mark.slow
 def test_real_permuted_mnist_gnu_cpu_scale(tmp_path):
   """The CPU-scale Figure 3 on real PermutedMNIST: every line above 80 %."""
-  data = figures.reproduce("permuted_mnist_gnu", str(tmp_path / "wd"), "cpu",
+  data = _reproduce("permuted_mnist_gnu", str(tmp_path / "wd"), "cpu",
                            log=lambda m: None)
   for panel in data["panels"]:
     for line in panel["lines"]:

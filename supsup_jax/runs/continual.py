@@ -142,6 +142,14 @@ def build(config: ml_collections.ConfigDict, *, validated: bool = False) -> Setu
   if not validated:
     _validate(config)
   stream = scaffold.stream_from_config(config)
+  if config.scenario != "GG":
+    objectives = {config.inference_objective, *(config.get("compare_objectives") or ())}
+    outputs = int(config.get("num_outputs") or 0) or stream.num_classes
+    if "g" in objectives and outputs <= stream.num_classes:
+      raise ValueError(
+          f"objective 'g' needs superfluous neurons: config.num_outputs={outputs} for "
+          f"{stream.num_classes} classes per task; set it higher (e.g. "
+          "--config.num_outputs=500)")
   method = config.get("method", "supsup")
   learner = methods.make_learner(method, config, stream)
   learner_lib.check_serves(learner, config.scenario)
@@ -275,6 +283,7 @@ class _Run:
     self.meta: dict[str, Any] = {}
     self.partial = None
     self.stop_after = int(config.get("stop_after_steps") or 0)
+    self.meta_where = "?"  # where the last checkpoint of this process was taken
     self.steps_this_process = 0
 
   def place(self, memory):
@@ -286,10 +295,15 @@ class _Run:
     return self.memory if self.mesh is None else distributed.local(self.memory)
 
   def out_of_budget(self, steps: int) -> bool:
-    """Counts ``steps`` trained; True once ``stop_after_steps`` are done (the
-    caller checkpoints and stops: a time-limited job slot, resumed later)."""
+    """Counts ``steps`` trained; True once ``stop_after_steps`` are done or a
+    signal asked the run to stop (the caller checkpoints and stops: a
+    time-limited job slot or a preemption, resumed later)."""
     self.steps_this_process += steps
-    return bool(self.stop_after) and self.steps_this_process >= self.stop_after
+    return self.stopping()
+
+  def stopping(self) -> bool:
+    return (self.sc.stop_signal is not None
+            or bool(self.stop_after) and self.steps_this_process >= self.stop_after)
 
   def restore(self, restored) -> None:
     """Takes over a checkpoint's ``(tree, meta)`` (None: a fresh run)."""
@@ -315,13 +329,14 @@ class _Run:
       tree["task_state"] = state_io.to_saveable(distributed.gathered(task_state))
     self.sc.save(step, tree, {"loop": dict(loop), "record": self.rec,
                               "global_step": int(loop.get("global_step", 0))})
+    self.meta_where = str(loop.get("where", "?"))
 
   def task_end_save_due(self, finished: bool, evaluated: bool) -> bool:
     """Whether to checkpoint at this task end: always without
     ``checkpoint_every_minutes``; with it, after an evaluation, at the end of
     the run, when stopping, or once that many minutes passed since the last
     save."""
-    stopping = bool(self.stop_after) and self.steps_this_process >= self.stop_after
+    stopping = self.stopping()
     return (not self.ckpt_seconds or finished or evaluated or stopping
             or time.time() - self.sc.last_save >= self.ckpt_seconds)
 
@@ -398,25 +413,26 @@ def _run_tasks(run: _Run) -> dict:
         last_good = f"resumable from the checkpoint at {where}"
         if stop:
           return None
+    wall = (time.time() - t_task) / len(group)
+    evaluated = False
     for i, t in enumerate(group):
       run.memory = run.end_task(run.memory, unstack(state, i) if len(ids) > 1 else state,
                                 jnp.int32(t))
       run.rec["just_trained"].append(
           run.evaluator.task_given_accuracy(run.local_memory(), t))
-    wall = (time.time() - t_task) / len(group)
-    run.rec["task_wall_s"].extend([wall] * len(group))
-    task = group[-1] + 1
-    evaluated = False
-    for point in eval_points:
-      if group[0] < point <= task and point not in run.rec["eval_after"]:
-        run.evaluate(point, range(point), point)
+      run.rec["task_wall_s"].append(wall)
+      # An evaluation after t + 1 tasks sees exactly their masks, also when
+      # the group trained later tasks alongside (their end_task comes after).
+      if t + 1 in eval_points and t + 1 not in run.rec["eval_after"]:
+        run.evaluate(t + 1, range(t + 1), t + 1)
         evaluated = True
+    task = group[-1] + 1
     if run.task_end_save_due(task >= num_tasks, evaluated):
       where = f"the end of task {task}/{num_tasks}"
       run.save(task * (steps + 1), {"next_task": task, "step": 0, "where": where,
                                     "global_step": task * steps})
       last_good = f"resumable from the checkpoint at {where}"
-    if run.stop_after and run.steps_this_process >= run.stop_after and task < num_tasks:
+    if run.stopping() and task < num_tasks:
       return None
   return {}
 
@@ -524,7 +540,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   if config.scenario == "NNs" and mesh.size > 1:
     raise ValueError(f"NNs runs on one device, got config.mesh over {mesh.size} "
                      "devices; set --config.mesh=\"[('data', 1)]\"")
-  with scaffold.open_run(workdir, config, kind="continual") as sc:
+  with scaffold.open_run(workdir, config, kind="continual", stops_at_boundaries=True) as sc:
     if sc.finished is not None:
       logging.info("%s: finished before; results in %s", config.experiment, workdir)
       return sc.finished
@@ -537,6 +553,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     state.restore(restored)
     extra = _run_nns(state) if config.scenario == "NNs" else _run_tasks(state)
     if extra is None:
+      if sc.stop_signal is not None:
+        raise sc.interruption(state.meta_where)
       logging.info("Stopped after %d steps (config.stop_after_steps); the same "
                    "command resumes", state.steps_this_process)
       return {"complete": False, "steps_this_process": state.steps_this_process}

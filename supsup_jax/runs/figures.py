@@ -25,14 +25,14 @@ code README numbers the same GNu/NNs plots one higher (4, 5, 6).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
 from supsup_jax import metrics
+from supsup_jax import workdir as workdir_lib
 
 PAPER = "Wortsman et al. 2020, Supermasks in Superposition (arXiv:2006.14769)"
 SCALES = ("cpu", "paper")
@@ -190,13 +190,12 @@ def _check_scale(scale: str) -> None:
     raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
 
 
-def base_config(config_name: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of ``launch/configs/<config_name>.py``."""
-  return importlib.import_module(f"launch.configs.{config_name}").get_config()
+# base(config_name) -> the ConfigDict of that experiment: the caller's config
+# loader (launch/configs for the launcher), so this library imports no launcher.
+ConfigLoader = Callable[[str], ml_collections.ConfigDict]
 
 
-def run_config(fig: Figure, run: Run, scale: str,
-               base: Callable[[str], ml_collections.ConfigDict] = base_config
+def run_config(fig: Figure, run: Run, scale: str, base: ConfigLoader
                ) -> ml_collections.ConfigDict:
   """The config of one run at one scale (the base config is not modified)."""
   _check_scale(scale)
@@ -210,8 +209,7 @@ def run_config(fig: Figure, run: Run, scale: str,
   return c
 
 
-def scale_changes(fig: Figure, run: Run,
-                  base: Callable[[str], ml_collections.ConfigDict] = base_config
+def scale_changes(fig: Figure, run: Run, base: ConfigLoader
                   ) -> list[tuple[str, Any, Any]]:
   """(key, paper value, cpu value) for every key the CPU scale changes."""
   paper = run_config(fig, run, "paper", base).to_dict()
@@ -239,7 +237,7 @@ def claim_workdir(workdir: str, fig: Figure, scale: str) -> None:
     return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"workdir {workdir!r} is a file; give a directory")
-  if os.path.isdir(workdir) and os.listdir(workdir):
+  if os.path.isdir(workdir) and set(os.listdir(workdir)) - {workdir_lib.LOCK_NAME}:
     raise ValueError(f"workdir {workdir!r} is not empty and holds no {MARKER} "
                      "(not a launch.reproduce workdir); use an empty or new --workdir")
   os.makedirs(workdir, exist_ok=True)
@@ -263,9 +261,8 @@ def is_finished(subdir: str, config: ml_collections.ConfigDict) -> bool:
 
 # -------------------------------------------------------------------- main --
 
-def reproduce(name: str, workdir: str, scale: str = "cpu",
+def reproduce(name: str, workdir: str, scale: str = "cpu", *, base: ConfigLoader,
               run_fn: Callable[[ml_collections.ConfigDict, str], Any] | None = None,
-              base: Callable[[str], ml_collections.ConfigDict] = base_config,
               log: Callable[[str], None] = print) -> dict:
   """Runs the missing runs of figure ``name`` and writes its outputs.
 
@@ -276,7 +273,12 @@ def reproduce(name: str, workdir: str, scale: str = "cpu",
   fig = get_figure(name)
   _check_scale(scale)
   configs = {r.name: run_config(fig, r, scale, base) for r in fig.runs_at(scale)}
-  claim_workdir(workdir, fig, scale)
+  with workdir_lib.lock(workdir):
+    claim_workdir(workdir, fig, scale)
+    return _reproduce_locked(fig, name, workdir, scale, configs, base, run_fn, log)
+
+
+def _reproduce_locked(fig, name, workdir, scale, configs, base, run_fn, log) -> dict:
   if run_fn is None:
     from supsup_jax.runs import continual  # pylint: disable=import-outside-toplevel
     run_fn = continual.run
@@ -308,7 +310,7 @@ def _mean_pct(values) -> float | None:
 
 
 def write_outputs(workdir: str, name: str, scale: str,
-                  base: Callable[[str], ml_collections.ConfigDict] = base_config) -> dict:
+                  base: ConfigLoader) -> dict:
   """Draws ``figure.png`` and writes ``report.md`` and ``figure_data.json``
   from the runs' ``results.json``; returns the plotted data."""
   fig = get_figure(name)
@@ -403,7 +405,7 @@ def _pct(v) -> str:
 
 
 def report_markdown(fig: Figure, scale: str, data: Mapping,
-                    base: Callable[[str], ml_collections.ConfigDict] = base_config) -> str:
+                    base: ConfigLoader) -> str:
   """The report: what was run, our numbers beside the published ones, and
   exactly what the CPU scale reduces."""
   published = {p.run: p for p in fig.published}

@@ -42,6 +42,8 @@ import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -108,10 +110,12 @@ class Progress:
 
 
 class _DropLibraryInfo:
-  """absl-logging filter: keeps orbax's INFO chatter out of the progress log."""
+  """absl-logging filter: keeps orbax's chatter out of the progress log."""
 
   def filter(self, record) -> bool:  # pylint: disable=g-bare-generic
-    return record.levelno >= 30 or "/orbax/" not in record.pathname
+    # Orbax's failures reach the runner as exceptions, which it reports in one
+    # line; its own log of them (hundreds of lines on a full disk) is dropped.
+    return "/orbax/" not in record.pathname or record.levelno >= 50
 
 
 def quiet_libraries() -> None:
@@ -195,6 +199,15 @@ class Run:
     self.writer: Any = None
     self.run_start = time.time()
     self.last_save = time.time()
+    # The signal (SIGINT, SIGTERM) that asked the run to stop, if any: runners
+    # that check it save a checkpoint at their next step boundary and raise
+    # :meth:`interruption` (see :func:`open_run`).
+    self.stop_signal: str | None = None
+
+  def interruption(self, where: str) -> KeyboardInterrupt:
+    """The exception a runner raises after saving its checkpoint at ``where``."""
+    return KeyboardInterrupt(f"stopped by {self.stop_signal} after saving a checkpoint at "
+                             f"{where}")
 
   def restore(self) -> tuple[Any, dict] | None:
     """The last readable checkpoint's (tree, meta), or None for a fresh run.
@@ -250,8 +263,39 @@ class Run:
 
 
 @contextlib.contextmanager
-def open_run(workdir: str, config, *, kind: str) -> Iterator[Run]:
-  """Claims and locks ``workdir`` for run ``kind`` of ``config`` (see module doc)."""
+def _stop_at_boundary(run: Run) -> Iterator[None]:
+  """SIGINT / SIGTERM set ``run.stop_signal`` instead of raising mid-step (in
+  the middle of an orbax commit, say); a second Ctrl-C raises at once."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handler(signum, frame):
+    del frame
+    if run.stop_signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt("stopped at once (second Ctrl-C)")
+    run.stop_signal = signal.Signals(signum).name
+    logging.warning("%s received: saving a checkpoint at the next step boundary, then "
+                    "stopping (Ctrl-C again to stop at once)", run.stop_signal)
+
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def open_run(workdir: str, config, *, kind: str,
+             stops_at_boundaries: bool = False) -> Iterator[Run]:
+  """Claims and locks ``workdir`` for run ``kind`` of ``config`` (see module doc).
+
+  ``stops_at_boundaries``: the runner checks ``run.stop_signal`` at its step
+  boundaries (saves, then raises ``run.interruption(where)``), so SIGINT and
+  SIGTERM only set it. Otherwise they raise ``KeyboardInterrupt`` where the
+  run is, and it resumes from its last checkpoint.
+  """
   quiet_libraries()
   config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   workdir_lib.check_workdir(workdir)
@@ -261,6 +305,7 @@ def open_run(workdir: str, config, *, kind: str) -> Iterator[Run]:
     finished = claim(workdir, kind, config)
     run = Run(workdir, config, kind, finished)
     try:
-      yield run
+      with (_stop_at_boundary(run) if stops_at_boundaries else contextlib.nullcontext()):
+        yield run
     finally:
       run.close()
