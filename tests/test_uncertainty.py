@@ -274,7 +274,9 @@ def test_runner_is_registered():
     ("single", "seed", -1, r"config.seed must be an int in \[0, 2147483648\)"),
     ("single", "hidden", (300, 0), "config.hidden must be a non-empty tuple of ints >= 1"),
     ("single", "stop_after_steps", -5, "config.stop_after_steps must be an int >= 0"),
-    ("single", "mask_kind", "topk", "config key config.mask_kind is not read"),
+    ("single", "mask_kind", "topk", "config.mask_kind is now config.supermask_ensemble.mask_kind"),
+    ("single", "num_member", 4, "config key config.num_member is not read by the uncertainty "
+     "runner; did you mean config.num_members"),
     ("single", "masksembles.scal", 2.0, "did you mean config.masksembles.scale"),
 ])
 def test_bad_config_raises_before_loading_data(tmp_path, method, key, value, match):
@@ -303,6 +305,7 @@ def test_config_defaults_are_the_runners():
     c.method = method
     run_lib.validate(c)
   assert sorted(c.keys()) == sorted(run_lib.KEYS)
+  run_lib.validate(uncertainty_cifar10.get_config())
 
 
 def test_short_mnist_run_accuracy_floor_and_outputs(tmp_path):

@@ -96,6 +96,13 @@ KEYS = ("runner", "experiment", "method", "dataset", "id_classes", "ood_dataset"
         "batch_size", "train_steps", "steps_per_call", "eval_batch_size", "num_bins",
         "seed", "data_dir", "download", "stop_after_steps") + METHOD_OPTIONS
 _WITH_MEMBERS = ("masksembles", "deep_ensemble", "supermask_ensemble")
+# Keys of the flat config before the per-method sub-configs.
+MOVED = {"mc_samples": "mc_dropout.samples", "dropout_rate": "mc_dropout.rate",
+         "masksembles_scale": "masksembles.scale", "mask_kind": "supermask_ensemble.mask_kind",
+         "topk_fraction": "supermask_ensemble.topk_fraction",
+         "weights_seed": "supermask_ensemble.weights_seed",
+         "supermask_optimizer": "supermask_ensemble.optimizer",
+         "supermask_learning_rate": "supermask_ensemble.learning_rate"}
 
 
 def _peak_rss_mb() -> float:
@@ -135,6 +142,9 @@ def _optimizer(value, name: str) -> str:
 def _unknown(keys, known, where: str) -> None:
   for key in keys:
     if key not in known:
+      if where == "config." and key in MOVED:
+        raise ValueError(f"config.{key} is now config.{MOVED[key]} (each method's options "
+                         "are in a sub-config named after it)")
       close = difflib.get_close_matches(key, known, n=1)
       hint = f"; did you mean {where}{close[0]}?" if close else (
           f"; the uncertainty runner reads: {', '.join(known)}")
