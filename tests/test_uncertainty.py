@@ -4,6 +4,8 @@ real-data run (MNIST in distribution, Fashion-MNIST out)."""
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -240,20 +242,70 @@ def test_runner_is_registered():
   assert uncertainty_cifar10.get_config().ood_classes == (5, 6, 7, 8, 9)
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("method", "bayes", "allowed: single"),
-    ("num_members", 0, "num_members must be an int >= 1"),
-    ("mc_samples", 0, "mc_samples must be an int >= 1"),
-    ("masksembles_scale", 9.0, "feasible range: 1.0 <= scale <= 6.0"),
-    ("batch_size", 126, "multiple of num_members=4"),
+@pytest.mark.parametrize("method,key,value,match", [
+    ("bayes", "seed", 0, "allowed: single"),
+    ("masksembles", "num_members", 0, "num_members must be an int >= 1"),
+    ("mc_dropout", "mc_dropout.samples", 0, "config.mc_dropout.samples must be an int >= 1"),
+    ("mc_dropout", "mc_dropout.rate", 1.0, r"config.mc_dropout.rate must be a number in \(0, 1\)"),
+    ("masksembles", "masksembles.scale", 9.0,
+     "config.masksembles.scale: .*feasible range: 1.0 <= scale <= 6.0"),
+    ("masksembles", "masksembles.scale", float("inf"), "config.masksembles.scale must be a finite"),
+    ("masksembles", "batch_size", 126, "multiple of config.num_members=4"),
+    ("single", "learning_rate", float("nan"), "config.learning_rate must be a finite number > 0"),
+    ("single", "learning_rate", float("inf"), "config.learning_rate must be a finite number > 0"),
+    ("supermask_ensemble", "supermask_ensemble.learning_rate", -1.0,
+     "config.supermask_ensemble.learning_rate must be a finite number > 0"),
+    ("supermask_ensemble", "supermask_ensemble.topk_fraction", float("nan"),
+     "config.supermask_ensemble.topk_fraction must be in"),
+    ("supermask_ensemble", "supermask_ensemble.mask_kind", "soft",
+     "config.supermask_ensemble.mask_kind 'soft' unknown"),
+    ("supermask_ensemble", "supermask_ensemble.optimizer", "lion", "allowed: "),
+    # Keys the method would ignore.
+    ("single", "masksembles.scale", 3.0,
+     r"config.masksembles.scale=3.0 is not used by method 'single'"),
+    ("single", "num_members", 8, r"config.num_members=8 is not used by method 'single'"),
+    ("supermask_ensemble", "learning_rate", 1e-2,
+     r"config.learning_rate=0.01 is not used by method 'supermask_ensemble'.*"
+     r"config.supermask_ensemble.learning_rate"),
+    ("deep_ensemble", "mc_dropout.rate", 0.2, "is read by method 'mc_dropout' only"),
+    # Ranges and unknown keys.
+    ("single", "id_classes", (0, 10), r"class ids of mnist are ints in \[0, 10\)"),
+    ("single", "train_steps", -1, "config.train_steps must be an int >= 1"),
+    ("single", "seed", -1, r"config.seed must be an int in \[0, 2147483648\)"),
+    ("single", "hidden", (300, 0), "config.hidden must be a non-empty tuple of ints >= 1"),
+    ("single", "stop_after_steps", -5, "config.stop_after_steps must be an int >= 0"),
+    ("single", "mask_kind", "topk", "config.mask_kind is now config.supermask_ensemble.mask_kind"),
+    ("single", "num_member", 4, "config key config.num_member is not read by the uncertainty "
+     "runner; did you mean config.num_members"),
+    ("single", "masksembles.scal", 2.0, "did you mean config.masksembles.scale"),
 ])
-def test_bad_config_raises_before_loading_data(tmp_path, key, value, match):
-  c = uncertainty_mnist.get_config()
-  c.method = "masksembles"
-  c[key] = value
-  c.data_dir = str(tmp_path / "no_data_here")  # loading would raise DataNotFoundError
-  with pytest.raises(ValueError, match=match):
+def test_bad_config_raises_before_loading_data(tmp_path, method, key, value, match):
+  c = uncertainty_mnist.get_config().to_dict()
+  c["method"] = method
+  node = c
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  c["data_dir"] = str(tmp_path / "no_data_here")  # loading would raise DataNotFoundError
+  with pytest.raises(ValueError, match=match) as e:
     run_lib.run(c, str(tmp_path / "w"))
+  assert "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "w")  # refused before the workdir is touched
+
+
+def test_config_defaults_are_the_runners():
+  """A key the method ignores must stay at the runner's default: the config
+  file's values are those defaults, and every method accepts the file."""
+  c = uncertainty_mnist.get_config()
+  for key, default in run_lib.DEFAULTS.items():
+    got = c[key].to_dict() if isinstance(default, dict) else c[key]
+    assert got == default, key
+  for method in members.METHODS:
+    c.method = method
+    run_lib.validate(c)
+  assert sorted(c.keys()) == sorted(run_lib.KEYS)
+  run_lib.validate(uncertainty_cifar10.get_config())
 
 
 def test_short_mnist_run_accuracy_floor_and_outputs(tmp_path):
@@ -274,6 +326,112 @@ def test_short_mnist_run_accuracy_floor_and_outputs(tmp_path):
     saved = json.load(f)
   assert saved["method"] == "masksembles" and saved["num_test"] == 10000
   assert saved["peak_rss_mb"] > 0 and saved["bytes_stored"] > 0
+  assert saved["runner"] == "uncertainty" and len(saved["train_loss_per_call"]) == 2
+  # The same command on the finished workdir returns its results, recomputing nothing.
+  mtime = os.path.getmtime(os.path.join(wd, "results.json"))
+  assert run_lib.run(c, wd)["accuracy"] == r["accuracy"]
+  assert os.path.getmtime(os.path.join(wd, "results.json")) == mtime
+
+
+# ------------------------------------------------------- resume, identity, guards
+
+_METRICS = ("accuracy", "nll", "brier", "ece", "ood_auroc", "ood_auroc_mi",
+            "train_loss_per_call", "bytes_stored", "num_test", "num_ood")
+
+
+def _tiny(**kw):
+  """A deep ensemble of 2 small MLPs, 3 chunks of 10 steps."""
+  c = uncertainty_mnist.get_config()
+  c.method = "deep_ensemble"
+  c.hidden = (32,)
+  c.batch_size = 32
+  c.train_steps = 30
+  c.steps_per_call = 10
+  c.eval_batch_size = 5000
+  c.num_bins = 5
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+  """An uninterrupted tiny run, and one stopped after its first checkpoint
+  (config.stop_after_steps: the checkpoint a SIGKILL would leave) and resumed."""
+  root = tmp_path_factory.mktemp("tiny")
+  whole = run_lib.run(_tiny(), str(root / "whole"))
+  wd = str(root / "resumed")
+  stopped = run_lib.run(_tiny(stop_after_steps=10), wd)
+  assert stopped["complete"] is False and stopped["global_step"] == 10
+  assert not os.path.exists(os.path.join(wd, "results.json"))
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["10"]
+  resumed = run_lib.run(_tiny(), wd)  # stop_after_steps does not change the run's identity
+  return root, whole, resumed
+
+
+def test_resume_after_stop_gives_identical_metrics(tiny_runs):
+  _, whole, resumed = tiny_runs
+  assert len(whole["train_loss_per_call"]) == 3
+  for k in _METRICS:
+    assert resumed[k] == whole[k], k
+  assert all(math.isfinite(v) for v in whole["train_loss_per_call"])
+
+
+def test_finished_run_of_another_seed_or_kind_is_refused_and_kept(tiny_runs, tmp_path):
+  from supsup_jax.checkpoint import ConfigMismatchError  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import scaffold  # pylint: disable=import-outside-toplevel
+  root, _, _ = tiny_runs
+  wd = str(root / "whole")
+  before = open(os.path.join(wd, "results.json"), "rb").read()
+  with pytest.raises(ConfigMismatchError, match=r"different config \(differs in: seed\)"):
+    run_lib.run(_tiny(seed=1), wd)
+  assert open(os.path.join(wd, "results.json"), "rb").read() == before
+  # A finished run of another kind (the continual loop's identity and results).
+  other = str(tmp_path / "gg")
+  with scaffold.open_run(other, {"experiment": "gg_split_mnist", "seed": 0},
+                         kind="continual") as sc:
+    sc.restore()
+    sc.finish({"avg_accuracy": 0.9})
+  before = open(os.path.join(other, "results.json"), "rb").read()
+  with pytest.raises(ConfigMismatchError, match="holds a 'continual' run"):
+    run_lib.run(_tiny(), other)
+  assert open(os.path.join(other, "results.json"), "rb").read() == before
+
+
+def test_non_finite_training_stops_before_its_checkpoint(tmp_path):
+  c = _tiny(optimizer="sgd", learning_rate=1e38)
+  wd = str(tmp_path / "w")
+  with pytest.raises(FloatingPointError, match="non-finite .* deep_ensemble between steps 0 "
+                     "and 10; "
+                     "stopped, no checkpoint yet") as e:
+    run_lib.run(c, wd)
+  assert "\n" not in str(e.value)
+  assert not os.path.exists(os.path.join(wd, "results.json"))
+  assert not os.listdir(os.path.join(wd, "checkpoints"))
+
+
+def _launch(*args):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, "-m", "launch.main",
+                         "--config=launch/configs/uncertainty_mnist.py", *args],
+                        cwd=repo, capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(result, code, fragment):
+  assert result.returncode == code, result.stdout + result.stderr
+  assert "Traceback" not in result.stdout + result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and fragment in errors[0], result.stderr
+
+
+def test_launcher_refuses_nan_learning_rate_and_a_busy_workdir(tmp_path):
+  from supsup_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path / "w")
+  _one_error_line(_launch(f"--workdir={wd}", "--config.learning_rate=nan"), 2,
+                  "config.learning_rate must be a finite number > 0, got nan")
+  with workdir_lib.lock(wd):  # another launcher holds the workdir
+    _one_error_line(_launch(f"--workdir={wd}", "--config.method=deep_ensemble"), 2,
+                    "is in use by pid")
 
 
 @pytest.mark.slow

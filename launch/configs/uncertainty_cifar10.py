@@ -2,7 +2,8 @@ r"""Uncertainty from masks: CIFAR-10 classes 0-4 in distribution, classes 5-9 OO
 
 MLP 3072-300-100-5 on raw pixels (LeNet-sized, CPU-friendly; accuracy is far
 below a conv net's, the comparison between methods is the point). One method
-per run (``--config.method=``), N = 4. CPU-sized default: 2000 steps of 128.
+per run (``--config.method=``, one uncertainty method), N = 4. CPU-sized default:
+2000 steps of 128, checkpointed every ``steps_per_call``; the same command resumes.
   for m in single mc_dropout masksembles deep_ensemble supermask_ensemble; do
     python -m launch.main --config=launch/configs/uncertainty_cifar10.py \
         --workdir=runs/uncertainty_cifar10/$m --config.method=$m

@@ -1,42 +1,108 @@
 """Runner of the uncertainty study (``config.runner = "uncertainty"``).
 
-One run trains one method (``config.method``) on an in-distribution dataset,
+One run trains one uncertainty method, ``config.method`` (``single``,
+``mc_dropout``, ``masksembles``, ``deep_ensemble`` or ``supermask_ensemble``;
+see :mod:`supsup_jax.uncertainty.members`), on an in-distribution dataset,
 then measures on its test set accuracy, NLL, Brier and 15-bin ECE, and the OOD
 AUROC of predictive entropy and of mutual information against an
 out-of-distribution set (another dataset, or held-out classes of the same one).
 
-Writes to the workdir: ``results.json`` (the metrics, ``train_time_s``,
-``eval_time_s``, ``wall_time_s``, ``peak_rss_mb``, ``bytes_stored`` and the
-resolved config), ``metrics.csv`` (one row), ``reliability.csv`` (per bin),
-``reliability.png`` and ``entropy_hist.png``. ``peak_rss_mb`` is the process's
-high-water mark (``getrusage`` maxrss), so run one method per process to compare
-methods; ``peak_rss_mb_after_data`` is the same mark before training starts.
-Runs take minutes, so there is no checkpointing: running again recomputes.
+Config: the keys every method reads stay top level (``dataset``, ``hidden``,
+``num_members`` = N, ``batch_size``, ``train_steps``, ``seed``, ...;
+``optimizer`` / ``learning_rate`` train the dense networks); each method's own
+options live in a sub-config named after it, read and checked by that method
+only: ``config.mc_dropout.{samples, rate}``,
+``config.masksembles.{scale}``, ``config.supermask_ensemble.{mask_kind,
+topk_fraction, weights_seed, optimizer, learning_rate}``. A key the chosen
+method would ignore (another method's sub-config, ``num_members`` for a method
+without members, the dense ``optimizer`` / ``learning_rate`` for the supermask
+ensemble) must stay at its default (:data:`DEFAULTS`); set otherwise, the run
+is refused before any data is loaded, as are unknown keys and out-of-range or
+non-finite values (one-line ``ValueError``).
+
+The run is a :mod:`supsup_jax.runs.scaffold` run: its workdir is locked and
+tied to this config (a workdir of another run kind or config is refused, its
+results untouched), the members' parameters, optimizer states and the losses
+so far are checkpointed after every ``steps_per_call`` chunk of training, and
+the same command resumes a killed run exactly where its last checkpoint was
+(batches and PRNG keys derive from the step index, so the resumed run ends
+with the same numbers as an uninterrupted one). A chunk whose loss or
+parameters are not finite stops the run (``FloatingPointError``, one line)
+before it is checkpointed. ``config.stop_after_steps`` > 0 checkpoints and
+stops after that many steps of this process (a time-limited job slot; the same
+command continues).
+
+Writes to the workdir: ``metrics.csv`` (one row), ``reliability.csv`` (per
+bin), ``reliability.png`` and ``entropy_hist.png``, then, last,
+``results.json`` (the metrics, ``train_time_s``, ``eval_time_s``,
+``wall_time_s``, ``peak_rss_mb``, ``bytes_stored`` and the config): a
+``results.json`` means the run is complete, and the same command on that
+workdir returns it without recomputing. ``train_time_s`` and ``wall_time_s``
+add up the run's processes (time a killed process spent after its last
+checkpoint is not counted: the resumed run redoes it). ``peak_rss_mb`` is the
+largest memory high-water mark (``getrusage`` maxrss) of the processes that
+ran it, as each had reached at its last checkpoint or at the end; run one
+method per process to compare methods. ``peak_rss_mb_after_data`` is the last
+process's mark before training (JAX plus the data).
 """
 from __future__ import annotations
 
 import csv
+import difflib
+import functools
+import math
 import os
 import resource
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
-from supsup_jax import masks as masks_lib
-from supsup_jax.data import NORM, InMemoryStream, load_dataset
-from supsup_jax.metrics import write_json_atomic
+from supsup_jax import metrics
+from supsup_jax import state_io
+from supsup_jax.data import single_task
+from supsup_jax.data import transforms
+from supsup_jax.data.sources import load_dataset
+from supsup_jax.optim import OPTIMIZERS
+from supsup_jax.runs import scaffold
 from supsup_jax.training import make_optimizer
 from supsup_jax.uncertainty import calibration
-from supsup_jax.uncertainty import masksembles as masksembles_lib
 from supsup_jax.uncertainty import members as members_lib
-from supsup_jax.data import transforms
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
+KIND = "uncertainty"
 _KEY_INIT, _KEY_TRAIN, _KEY_EVAL = 0, 1, 2
+NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+# The values a key must keep when the chosen method does not read it (the
+# defaults of launch/configs/uncertainty_mnist.py; a test keeps them equal).
+DEFAULTS: dict[str, Any] = {
+    "num_members": 4,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "mc_dropout": {"samples": 4, "rate": 0.5},
+    "masksembles": {"scale": 2.0},
+    "supermask_ensemble": {"mask_kind": "threshold", "topk_fraction": 0.5,
+                           "weights_seed": 0, "optimizer": "adam", "learning_rate": 1e-3},
+}
+# Method sub-configs: each read by the method it is named after.
+METHOD_OPTIONS = ("mc_dropout", "masksembles", "supermask_ensemble")
+# Every key the runner reads (its sub-configs' keys are those of DEFAULTS).
+KEYS = ("runner", "experiment", "method", "dataset", "id_classes", "ood_dataset",
+        "ood_classes", "hidden", "num_members", "optimizer", "learning_rate",
+        "batch_size", "train_steps", "steps_per_call", "eval_batch_size", "num_bins",
+        "seed", "data_dir", "download", "stop_after_steps") + METHOD_OPTIONS
+_WITH_MEMBERS = ("masksembles", "deep_ensemble", "supermask_ensemble")
+# Keys of the flat config before the per-method sub-configs.
+MOVED = {"mc_samples": "mc_dropout.samples", "dropout_rate": "mc_dropout.rate",
+         "masksembles_scale": "masksembles.scale", "mask_kind": "supermask_ensemble.mask_kind",
+         "topk_fraction": "supermask_ensemble.topk_fraction",
+         "weights_seed": "supermask_ensemble.weights_seed",
+         "supermask_optimizer": "supermask_ensemble.optimizer",
+         "supermask_learning_rate": "supermask_ensemble.learning_rate"}
 
 
 def _peak_rss_mb() -> float:
@@ -44,126 +110,337 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _classes(value) -> list[int]:
-  return [int(c) for c in (value or ())]
+# ------------------------------------------------------------------ config
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _int(config, key: str, low: int, high: int | None = None) -> int:
+  value = config[key]
+  if not _is_int(value) or value < low or (high is not None and value >= high):
+    bound = f">= {low}" if high is None else f"in [{low}, {high})"
+    raise ValueError(f"config.{key} must be an int {bound}, got {value!r}")
+  return int(value)
+
+
+def _positive_float(value, name: str) -> float:
+  if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.number)):
+    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+  if not (math.isfinite(float(value)) and float(value) > 0):
+    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+  return float(value)
+
+
+def _optimizer(value, name: str) -> str:
+  if value not in OPTIMIZERS:
+    raise ValueError(f"{name} {value!r} unknown; allowed: {', '.join(OPTIMIZERS)}")
+  return value
+
+
+def _unknown(keys, known, where: str) -> None:
+  for key in keys:
+    if key not in known:
+      if where == "config." and key in MOVED:
+        raise ValueError(f"config.{key} is now config.{MOVED[key]} (each method's options "
+                         "are in a sub-config named after it)")
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f"; did you mean {where}{close[0]}?" if close else (
+          f"; the uncertainty runner reads: {', '.join(known)}")
+      raise ValueError(f"config key {where}{key} is not read by the uncertainty runner{hint}")
+
+
+def _classes(config, key: str, dataset: str) -> list[int]:
+  value = config[key]
+  if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+    raise ValueError(f"config.{key} must be a tuple of class ids (() = all), got {value!r}")
+  out = list(value)
+  n = NUM_CLASSES.get(dataset)
+  for c in out:
+    if not _is_int(c) or c < 0 or (n is not None and c >= n):
+      raise ValueError(f"config.{key} holds {c!r}; class ids of {dataset} are ints in "
+                       f"[0, {n if n is not None else '?'})")
+  if len(set(out)) != len(out):
+    raise ValueError(f"config.{key} repeats a class: {tuple(out)}")
+  return [int(c) for c in out]
+
+
+def _as_dict(value) -> dict:
+  return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
+def check_mc_dropout(options: Mapping, config) -> None:
+  """``config.mc_dropout``: T stochastic passes and the drop rate."""
+  members_lib.check_mc_dropout(options["samples"], options["rate"],
+                               names=("config.mc_dropout.samples", "config.mc_dropout.rate"))
+
+
+def check_masksembles(options: Mapping, config) -> None:
+  """``config.masksembles``: the scale must make N masks of every hidden width,
+  and each batch splits into N groups."""
+  if config.batch_size % config.num_members:
+    raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of "
+                     f"config.num_members={config.num_members} (Masksembles splits each batch "
+                     "into N groups)")
+  members_lib.masksembles_masks(config.hidden, config.num_members, options["scale"],
+                                seed=config.seed, name="config.masksembles.scale")
+
+
+def check_supermask_ensemble(options: Mapping, config) -> None:
+  """``config.supermask_ensemble``: masks, fixed weights, the scores' optimizer."""
+  del config
+  members_lib.check_supermask(
+      options["mask_kind"], options["topk_fraction"], options["weights_seed"],
+      names=tuple(f"config.supermask_ensemble.{k}"
+                  for k in ("mask_kind", "topk_fraction", "weights_seed")))
+  _optimizer(options["optimizer"], "config.supermask_ensemble.optimizer")
+  _positive_float(options["learning_rate"], "config.supermask_ensemble.learning_rate")
+
+
+_CHECKS = {"mc_dropout": check_mc_dropout, "masksembles": check_masksembles,
+           "supermask_ensemble": check_supermask_ensemble}
+
+
+def _same(a, b) -> bool:
+  if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+    return float(a) == float(b)
+  return a == b
+
+
+def _ignored(config, method: str) -> None:
+  """Refuses a key the method would ignore, set away from its default."""
+  def refuse(key, value, default, why):
+    raise ValueError(f"config.{key}={value!r} is not used by method {method!r} ({why}); "
+                     f"leave it at {default!r} or choose a method that reads it")
+  if method not in _WITH_MEMBERS and not _same(config.num_members, DEFAULTS["num_members"]):
+    refuse("num_members", config.num_members, DEFAULTS["num_members"],
+           "one network; mc_dropout's test passes are config.mc_dropout.samples")
+  if method == "supermask_ensemble":
+    for key in ("optimizer", "learning_rate"):
+      if not _same(config[key], DEFAULTS[key]):
+        refuse(key, config[key], DEFAULTS[key], "it trains scores with "
+               f"config.supermask_ensemble.{key}")
+  for name in METHOD_OPTIONS:
+    if name == method:
+      continue
+    for key, default in DEFAULTS[name].items():
+      if not _same(config[name][key], default):
+        refuse(f"{name}.{key}", config[name][key], default,
+               f"config.{name} is read by method {name!r} only")
 
 
 def validate(config) -> None:
-  """Every check that needs no data; one-line ``ValueError`` naming the fix."""
+  """Every check that needs no data (all keys, their ranges, finite numbers,
+  keys the method would ignore); one-line ``ValueError`` naming the fix."""
+  _unknown(config.keys(), KEYS, "config.")
+  for key in KEYS:
+    if key not in config:
+      raise ValueError(f"config.{key} is missing (see launch/configs/uncertainty_mnist.py)")
+  for name in METHOD_OPTIONS:
+    if not isinstance(config[name], Mapping) and not hasattr(config[name], "keys"):
+      raise ValueError(f"config.{name} must be a sub-config, got {config[name]!r}")
+    _unknown(config[name].keys(), tuple(DEFAULTS[name]), f"config.{name}.")
+    for key in DEFAULTS[name]:
+      if key not in config[name]:
+        raise ValueError(f"config.{name}.{key} is missing")
   if config.method not in members_lib.METHODS:
     raise ValueError(f"config.method {config.method!r} unknown; allowed: "
-                     f"{', '.join(members_lib.METHODS)}")
+                     f"{', '.join(members_lib.METHODS)} (one method per run)")
+  if config.runner != KIND:
+    raise ValueError(f"config.runner {config.runner!r} is not {KIND!r}")
   for key in ("dataset", "ood_dataset"):
-    if config[key] not in DATASETS:
-      raise ValueError(f"config.{key} {config[key]!r} unknown; allowed: {', '.join(DATASETS)}")
-  for key in ("num_members", "mc_samples", "batch_size", "train_steps", "steps_per_call",
-              "eval_batch_size"):
-    value = config[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f"config.{key} must be an int >= 1, got {value!r}")
-  if not config.learning_rate > 0 or not config.supermask_learning_rate > 0:
-    raise ValueError("config.learning_rate and config.supermask_learning_rate must be > 0, got "
-                     f"{config.learning_rate!r}, {config.supermask_learning_rate!r}")
-  id_cls, ood_cls = _classes(config.id_classes), _classes(config.ood_classes)
+    single_task.check_dataset(config[key], f"config.{key}")
+  for key in ("experiment", "data_dir"):
+    if not isinstance(config[key], str):
+      raise ValueError(f"config.{key} must be a string, got {config[key]!r}")
+  if not isinstance(config.download, bool):
+    raise ValueError(f"config.download must be True or False, got {config.download!r}")
+  for key in ("num_members", "batch_size", "train_steps", "steps_per_call",
+              "eval_batch_size", "num_bins"):
+    _int(config, key, 1)
+  _int(config, "seed", 0, 2 ** 31)
+  _int(config, "stop_after_steps", 0)
+  hidden = config.hidden
+  if (isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__") or not hidden
+      or not all(_is_int(h) and h >= 1 for h in hidden)):
+    raise ValueError(f"config.hidden must be a non-empty tuple of ints >= 1, got {hidden!r}")
+  _optimizer(config.optimizer, "config.optimizer")
+  _positive_float(config.learning_rate, "config.learning_rate")
+  id_cls = _classes(config, "id_classes", config.dataset)
+  ood_cls = _classes(config, "ood_classes", config.ood_dataset)
   if config.ood_dataset == config.dataset:
     if not id_cls or not ood_cls or set(id_cls) & set(ood_cls):
       raise ValueError("with ood_dataset == dataset, id_classes and ood_classes must be "
-                       f"non-empty and disjoint, got {id_cls} and {ood_cls}")
+                       f"non-empty and disjoint, got {tuple(id_cls)} and {tuple(ood_cls)}")
   if id_cls and len(id_cls) < 2:
-    raise ValueError(f"config.id_classes needs >= 2 classes, got {id_cls}")
-  if config.method == "mc_dropout" and not 0.0 < config.dropout_rate < 1.0:
-    raise ValueError(f"config.dropout_rate must be in (0, 1), got {config.dropout_rate!r}")
-  if config.method == "masksembles":
-    if config.batch_size % config.num_members:
-      raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of "
-                       f"num_members={config.num_members} (Masksembles splits each batch "
-                       "into N groups)")
-    for width in config.hidden:
-      masksembles_lib.generate_masks(int(width), config.num_members, config.masksembles_scale,
-                                     seed=config.seed)
-  if config.method == "supermask_ensemble":
-    if config.mask_kind not in masks_lib.MASK_KINDS:
-      raise ValueError(f"config.mask_kind {config.mask_kind!r} unknown; allowed: "
-                       f"{', '.join(masks_lib.MASK_KINDS)}")
-    masks_lib.check_fraction(config.topk_fraction, "config.topk_fraction")
+    raise ValueError(f"config.id_classes needs >= 2 classes, got {tuple(id_cls)}")
+  _ignored(config, config.method)
+  if config.method in _CHECKS:
+    _CHECKS[config.method](config[config.method], config)
 
 
-def load_data(config, num_streams: int):
-  """Training stream with ``num_streams`` batch orders, ID test set, OOD inputs.
+# ------------------------------------------------------------------ data and method
+
+
+def load_data(config, num_orders: int):
+  """Training stream with ``num_orders`` batch orders, ID test set, OOD inputs.
 
   OOD inputs are normalised with the in-distribution statistics: the network
   sees them through the same preprocessing as its own data.
   """
   data = load_dataset(config.dataset, config.data_dir or None, config.download)
-  mean, std = NORM[config.dataset]
-  id_cls = _classes(config.id_classes)
+  id_cls = [int(c) for c in config.id_classes]
   # Member k trains on "task" k: same data, its own shuffle (fold_in(seed, k)).
-  stream = InMemoryStream(
-      name=config.dataset, data=data, num_tasks=num_streams, seed=config.seed,
-      mean=mean, std=std, task_classes=[id_cls] * num_streams if id_cls else None,
-      shared_labels=False)
+  stream = single_task.single_task_stream(
+      config.dataset, config.seed, classes=id_cls or None, num_orders=num_orders, data=data)
   x_test, y_test = stream.test_arrays(0)
   ood = data if config.ood_dataset == config.dataset else load_dataset(
       config.ood_dataset, config.data_dir or None, config.download)
   x_ood, y_ood = ood["test"]
-  ood_cls = _classes(config.ood_classes)
+  ood_cls = [int(c) for c in config.ood_classes]
   if ood_cls:
     x_ood = x_ood[np.isin(y_ood, ood_cls)]
+  mean, std = transforms.NORM[config.dataset]
   x_ood = np.asarray(transforms.normalize(x_ood, mean, std))
   num_classes = len(id_cls) if id_cls else int(data["num_classes"])
   return stream, np.asarray(x_test), np.asarray(y_test), x_ood.astype(np.float32), num_classes
 
 
+# Runs of one config in one process (a resumed run, a test's runs) share the
+# method and so its compiled init and predictor; a few are kept.
+_make_method = functools.lru_cache(maxsize=4)(members_lib.make_method)
+
+
 def build_method(config, input_shape, num_classes) -> members_lib.Method:
-  return members_lib.make_method(
-      config.method, input_shape=input_shape, num_classes=num_classes,
-      hidden=tuple(config.hidden), num_members=config.num_members,
-      mc_samples=config.mc_samples, dropout_rate=config.dropout_rate,
-      masksembles_scale=config.masksembles_scale, mask_kind=config.mask_kind,
-      topk_fraction=config.topk_fraction, weights_seed=config.weights_seed,
+  mc, sm = config.mc_dropout, config.supermask_ensemble
+  return _make_method(
+      config.method, input_shape=tuple(input_shape), num_classes=int(num_classes),
+      hidden=tuple(int(h) for h in config.hidden), num_members=int(config.num_members),
+      mc_samples=mc.samples, dropout_rate=mc.rate,
+      masksembles_scale=config.masksembles.scale, mask_kind=sm.mask_kind,
+      topk_fraction=sm.topk_fraction, weights_seed=sm.weights_seed,
       masks_seed=config.seed)
 
 
-def train(config, method: members_lib.Method, stream) -> tuple[Any, list[float]]:
-  """Trains all members; returns (params with member axis, mean loss per call)."""
-  if method.name == "supermask_ensemble":
-    opt = make_optimizer(config.supermask_optimizer, config.supermask_learning_rate)
-  else:
-    opt = make_optimizer(config.optimizer, config.learning_rate)
+def _optimizer_of(config):
+  if config.method == "supermask_ensemble":
+    sm = config.supermask_ensemble
+    return make_optimizer(sm.optimizer, sm.learning_rate)
+  return make_optimizer(config.optimizer, config.learning_rate)
+
+
+def _all_finite(params, losses) -> bool:
+  # On the host: the arrays are small, and a jitted check would cost a compile.
+  return bool(np.isfinite(np.asarray(losses)).all()) and all(
+      bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(params))
+
+
+def train(config, method: members_lib.Method, stream, run: scaffold.Run,
+          restored) -> tuple[Any, dict, int]:
+  """Trains all members from the last checkpoint (``restored``) on, saving one
+  after every ``steps_per_call`` chunk.
+
+  Returns ``(params with member axis, meta, steps of this process)`` (meta:
+  ``losses`` per chunk, ``train_time_s``, ``peak_rss_mb``, ``global_step``);
+  params are None when ``config.stop_after_steps`` stopped it (checkpointed).
+  """
+  opt = _optimizer_of(config)
   key = jax.random.key(config.seed)
-  params = members_lib.init_members(method, jax.random.fold_in(key, _KEY_INIT))
-  opt_state = jax.vmap(opt.init)(params)
+  init_key = jax.random.fold_in(key, _KEY_INIT)
+  meta = {"global_step": 0, "losses": [], "train_time_s": 0.0, "peak_rss_mb": 0.0}
+  last_good = "no checkpoint yet"
+  if restored is None:
+    params = members_lib.init_members(method, init_key)
+    opt_state = jax.vmap(opt.init)(params)
+  else:  # the initial values' shapes and dtypes are the template (nothing computed)
+    tree, saved = restored
+    shapes = jax.eval_shape(lambda k: members_lib.init_members(method, k), init_key)
+    params = state_io.from_saveable(tree["params"], shapes)
+    opt_state = state_io.from_saveable(tree["opt_state"],
+                                       jax.eval_shape(jax.vmap(opt.init), shapes))
+    meta = {k: saved[k] for k in meta}
+    last_good = f"resumable from the checkpoint at step {meta['global_step']}"
+    logging.info("%s: resuming %s from step %d/%d (workdir %s)", config.experiment,
+                 method.name, meta["global_step"], config.train_steps, run.workdir)
   batch_fn, arrays = stream.train_batch_fn_args(config.batch_size)
   trainer = members_lib.make_trainer(method, opt, batch_fn)
   train_key = jax.random.fold_in(key, _KEY_TRAIN)
-  losses, step, t0 = [], 0, time.time()
-  while step < config.train_steps:
-    n = min(config.steps_per_call, config.train_steps - step)
+  step, total = int(meta["global_step"]), int(config.train_steps)
+  progress = scaffold.Progress(total, step)
+  stop_after, this_process = int(config.stop_after_steps), 0
+  while step < total:
+    t0 = time.time()
+    n = min(config.steps_per_call, total - step)
     params, opt_state, loss = trainer(params, opt_state, method.frozen, arrays, train_key,
                                       jnp.int32(step), num_steps=n)
+    scaffold.check_finite(_all_finite(params, loss),
+                          f"{method.name} between steps {step} and {step + n}", last_good)
     step += n
-    losses.append(float(jnp.mean(loss)))
-    logging.info("%s: step %d/%d, loss %.4f, %.1fs", method.name, step, config.train_steps,
-                 losses[-1], time.time() - t0)
-  return params, losses
+    this_process += n
+    meta["losses"].append(float(np.mean(np.asarray(loss))))
+    meta["train_time_s"] += time.time() - t0
+    meta["global_step"] = step
+    meta["peak_rss_mb"] = max(meta["peak_rss_mb"], _peak_rss_mb())
+    progress.done = step
+    elapsed, eta = progress.eta()
+    logging.info("%s step %d/%d loss %.4f | elapsed %s ETA %s", method.name, step, total,
+                 meta["losses"][-1], scaffold._fmt(elapsed), scaffold._fmt(eta))  # pylint: disable=protected-access
+    run.scalars(step, {"train/loss": meta["losses"][-1]})
+    run.save(step, {"params": state_io.to_saveable(params),
+                    "opt_state": state_io.to_saveable(opt_state)}, meta)
+    last_good = f"resumable from the checkpoint at step {step}"
+    if stop_after and this_process >= stop_after and step < total:
+      logging.info("Stopped after %d steps (config.stop_after_steps); the same command "
+                   "resumes from step %d", this_process, step)
+      return None, meta, this_process
+  return params, meta, this_process
+
+
+# ------------------------------------------------------------------ run
 
 
 def run(config, workdir: str) -> dict:
-  """Trains ``config.method`` and writes its uncertainty metrics and plots."""
-  t_start = time.time()
+  """Trains ``config.method`` and writes its uncertainty metrics and plots.
+
+  Returns the results (see the module docstring), or ``{"complete": False,
+  ...}`` when ``config.stop_after_steps`` stopped it.
+  """
+  config = ml_collections.ConfigDict(_as_dict(config))
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  num_streams = config.num_members if config.method in ("deep_ensemble",
-                                                        "supermask_ensemble") else 1
-  stream, x_test, y_test, x_ood, num_classes = load_data(config, num_streams)
-  rss_after_data = _peak_rss_mb()
-  method = build_method(config, stream.input_shape, num_classes)
+  with scaffold.open_run(workdir, config, kind=KIND) as sc:
+    if sc.finished is not None:
+      logging.info("%s: finished before; results in %s", config.experiment, workdir)
+      return sc.finished
+    restored = sc.restore()  # refuses a workdir of another config, before any data
+    num_orders = config.num_members if config.method in ("deep_ensemble",
+                                                         "supermask_ensemble") else 1
+    stream, x_test, y_test, x_ood, num_classes = load_data(config, num_orders)
+    rss_after_data = _peak_rss_mb()
+    method = build_method(config, stream.input_shape, num_classes)
+    params, meta, steps_here = train(config, method, stream, sc, restored)
+    if params is None:
+      return {"complete": False, "steps_this_process": steps_here,
+              "global_step": meta["global_step"], "experiment": config.experiment}
+    results, outputs = evaluate(config, method, params, x_test, y_test, x_ood, num_classes)
+    results.update({
+        "train_time_s": meta["train_time_s"],
+        "peak_rss_mb": max(meta["peak_rss_mb"], _peak_rss_mb()),
+        "peak_rss_mb_after_data": rss_after_data,
+        "final_train_loss": meta["losses"][-1], "train_loss_per_call": meta["losses"],
+        "wall_time_s": sc.elapsed(), "config": config.to_dict()})
+    sc.scalars(config.train_steps, {f"eval/{k}": results[k] for k in (
+        "accuracy", "nll", "brier", "ece", "ood_auroc", "ood_auroc_mi")})
+    results = sc.finish(results, lambda r: write_outputs(workdir, r, **outputs))
+  logging.info("%s (%s): accuracy %.4f, ECE %.4f, AUROC %.4f; results in %s",
+               config.experiment, config.method, results["accuracy"], results["ece"],
+               results["ood_auroc"], workdir)
+  return results
 
-  t_train = time.time()
-  params, losses = train(config, method, stream)
-  jax.block_until_ready(params)
-  train_time = time.time() - t_train
 
+def evaluate(config, method, params, x_test, y_test, x_ood, num_classes
+             ) -> tuple[dict, dict]:
+  """(results without timings of training, what the plots need)."""
   t_eval = time.time()
   eval_key = jax.random.fold_in(jax.random.key(config.seed), _KEY_EVAL)
   lp_in = members_lib.predict_dataset(method, params, x_test, jax.random.fold_in(eval_key, 0),
@@ -171,39 +448,39 @@ def run(config, workdir: str) -> dict:
   lp_ood = members_lib.predict_dataset(method, params, x_ood, jax.random.fold_in(eval_key, 1),
                                        config.eval_batch_size)
   scores = calibration.summarize(lp_in, y_test, lp_ood, config.num_bins)
-  eval_time = time.time() - t_eval
-
+  bad = sorted(k for k, v in scores.items() if not math.isfinite(float(v)))
+  if bad:  # never a NaN metric in a finished results.json
+    raise FloatingPointError(
+        f"evaluation of {method.name} gave non-finite {', '.join(bad)}; the trained members "
+        "are in the last checkpoint; lower config.learning_rate or check the data")
   p_in = np.exp(calibration.mean_log_probs(lp_in))
   bins = calibration.reliability_bins(p_in, y_test, config.num_bins)
   h_in = calibration.entropy_from_log_probs(calibration.mean_log_probs(lp_in))
   h_ood = calibration.entropy_from_log_probs(calibration.mean_log_probs(lp_ood))
   mi_in, mi_ood = calibration.mutual_information(lp_in), calibration.mutual_information(lp_ood)
-
   results = {
       "experiment": config.experiment, "method": config.method,
       "dataset": config.dataset, "ood_dataset": config.ood_dataset,
       "num_members": method.num_members, "predictions_per_input": method.num_predictions,
-      **scores,
-      "train_time_s": train_time, "eval_time_s": eval_time,
-      "wall_time_s": time.time() - t_start,
-      "peak_rss_mb": _peak_rss_mb(), "peak_rss_mb_after_data": rss_after_data,
+      **scores, "eval_time_s": time.time() - t_eval,
       "bytes_stored": members_lib.bytes_stored(method, params),
-      "final_train_loss": losses[-1], "train_loss_per_call": losses,
       "num_test": int(len(y_test)), "num_ood": int(len(x_ood)),
-      "config": config.to_dict(),
   }
-  _write_csvs(workdir, results, bins)
-  title = f"{config.experiment}: {config.method}"
-  plot_reliability(os.path.join(workdir, "reliability.png"), bins, title, scores["ece"])
-  plot_entropy_hist(os.path.join(workdir, "entropy_hist.png"), h_in, h_ood, mi_in, mi_ood,
-                    num_classes, title, config.dataset, config.ood_dataset)
-  results["wall_time_s"] = time.time() - t_start
-  write_json_atomic(os.path.join(workdir, "results.json"), results)
-  return results
+  outputs = {"bins": bins, "hist": (h_in, h_ood, mi_in, mi_ood), "num_classes": num_classes}
+  return results, outputs
 
 
 TABLE_KEYS = ("accuracy", "nll", "brier", "ece", "ood_auroc", "ood_auroc_mi",
               "train_time_s", "wall_time_s", "peak_rss_mb", "bytes_stored")
+
+
+def write_outputs(workdir: str, results: dict, bins: dict, hist, num_classes: int) -> None:
+  """metrics.csv, reliability.csv and the two plots (before results.json)."""
+  _write_csvs(workdir, results, bins)
+  title = f"{results['experiment']}: {results['method']}"
+  plot_reliability(os.path.join(workdir, "reliability.png"), bins, title, results["ece"])
+  plot_entropy_hist(os.path.join(workdir, "entropy_hist.png"), *hist, num_classes, title,
+                    results["dataset"], results["ood_dataset"])
 
 
 def _write_csvs(workdir, results, bins) -> None:
@@ -224,20 +501,13 @@ def _write_csvs(workdir, results, bins) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
-
-
 def plot_reliability(path: str, bins: dict, title: str, ece: float) -> None:
   """Accuracy vs confidence per bin (full [0, 1] axes) over the share of examples."""
-  plt = _pyplot()
+  plt = metrics._pyplot()  # pylint: disable=protected-access
   e, count = bins["edges"], bins["count"]
   centers, width = 0.5 * (e[1:] + e[:-1]), e[1] - e[0]
   full = count > 0
-  fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(5, 6.5), sharex=True,
+  fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(5, 6.5), sharex=True, dpi=110,
                                  gridspec_kw={"height_ratios": [3, 1]})
   ax1.bar(centers[full], bins["accuracy"][full], width=width, edgecolor="k",
           label="accuracy in bin")
@@ -249,18 +519,17 @@ def plot_reliability(path: str, bins: dict, title: str, ece: float) -> None:
   ax2.bar(centers, count / max(count.sum(), 1), width=width, color="gray", edgecolor="k")
   ax2.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max p̄)", ylabel="share of inputs")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  metrics._save_atomic(fig, path)  # pylint: disable=protected-access
 
 
 def plot_entropy_hist(path: str, h_in, h_ood, mi_in, mi_ood, num_classes: int, title: str,
                       in_name: str, ood_name: str) -> None:
   """Histograms of predictive entropy and mutual information, in vs OOD, both on
   the full range [0, log C] (the largest possible value of either)."""
-  plt = _pyplot()
+  plt = metrics._pyplot()  # pylint: disable=protected-access
   top = float(np.log(num_classes))
   edges = np.linspace(0.0, top, 41)
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
   for ax, (a, b, name) in zip(axes, ((h_in, h_ood, "predictive entropy H[p̄] (nats)"),
                                      (mi_in, mi_ood, "mutual information (nats)"))):
     ax.hist(np.clip(a, 0, top), edges, alpha=0.6, density=True, label=f"in: {in_name}")
@@ -269,8 +538,7 @@ def plot_entropy_hist(path: str, h_in, h_ood, mi_in, mi_ood, num_classes: int, t
     ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  metrics._save_atomic(fig, path)  # pylint: disable=protected-access
 
 
 def table(workdirs) -> str:

@@ -71,6 +71,51 @@ def _check_count(name: str, value: Any) -> int:
   return int(value)
 
 
+def check_mc_dropout(samples: Any, rate: Any,
+                     names: tuple[str, str] = ("mc_samples", "dropout_rate")) -> None:
+  """MC-dropout's options: ``samples`` (T) an int >= 1, ``rate`` in (0, 1).
+
+  ``names`` are the options' names in the messages (the runner passes its
+  config keys, ``config.mc_dropout.samples`` / ``.rate``).
+  """
+  _check_count(names[0], samples)
+  if isinstance(rate, (bool, str)) or not isinstance(rate, (int, float, np.number)) or not (
+      0.0 < float(rate) < 1.0):
+    raise ValueError(f"{names[1]} must be a number in (0, 1) for mc_dropout, got {rate!r}")
+
+
+def masksembles_masks(hidden: Sequence[int], num_members: int, scale: Any,
+                      seed: int = 0, name: str = "masksembles_scale") -> tuple[np.ndarray, ...]:
+  """Masksembles' fixed masks, one ``[N, width]`` set per hidden layer (layer
+  i from seed ``seed * 1000 + i``); a one-line ``ValueError`` naming ``name``
+  when ``scale`` cannot make them (also the runner's check, before any data)."""
+  if isinstance(scale, (bool, str)) or not isinstance(scale, (int, float, np.number)) or not (
+      math.isfinite(float(scale))):
+    raise ValueError(f"{name} must be a finite number, got {scale!r}")
+  out = []
+  for i, width in enumerate(hidden):
+    try:
+      out.append(masksembles_lib.generate_masks(int(width), num_members, float(scale),
+                                                seed=int(seed) * 1000 + i))
+    except ValueError as e:
+      raise ValueError(f"{name}: {e}") from None
+  return tuple(out)
+
+
+def check_supermask(mask_kind: Any, topk_fraction: Any, weights_seed: Any,
+                    names: tuple[str, str, str] = ("mask_kind", "topk_fraction",
+                                                   "weights_seed")) -> float:
+  """The supermask ensemble's mask options; returns the keep fraction."""
+  if mask_kind not in masks_lib.MASK_KINDS:
+    raise ValueError(f"{names[0]} {mask_kind!r} unknown; allowed: "
+                     f"{', '.join(masks_lib.MASK_KINDS)}")
+  k = masks_lib.check_fraction(topk_fraction, names[1])
+  if (not isinstance(weights_seed, (int, np.integer)) or isinstance(weights_seed, bool)
+      or not 0 <= weights_seed < 2 ** 31):
+    raise ValueError(f"{names[2]} must be an int in [0, 2**31), got {weights_seed!r}")
+  return k
+
+
 def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
@@ -108,9 +153,7 @@ def make_method(name: str, *, input_shape: Sequence[int], num_classes: int,
   example = jnp.zeros((1, *input_shape), jnp.float32)
 
   if name == "supermask_ensemble":
-    if mask_kind not in masks_lib.MASK_KINDS:
-      raise ValueError(f"mask_kind {mask_kind!r} unknown; allowed: {', '.join(masks_lib.MASK_KINDS)}")
-    k = masks_lib.check_fraction(topk_fraction, "topk_fraction")
+    k = check_supermask(mask_kind, topk_fraction, weights_seed)
     net = ss_models.MLP(hidden=hidden, num_outputs=num_classes)  # bias-free, like SupSup
     weights = init_weights(net, int(weights_seed), example)
 
@@ -128,8 +171,7 @@ def make_method(name: str, *, input_shape: Sequence[int], num_classes: int,
         bits_per_member=lambda s: sum(int(np.size(x)) for x in jax.tree.leaves(s)))
 
   if name == "mc_dropout":
-    if not 0.0 < float(dropout_rate) < 1.0:
-      raise ValueError(f"dropout_rate must be in (0, 1) for mc_dropout, got {dropout_rate!r}")
+    check_mc_dropout(mc_samples, dropout_rate)
     net = UncertaintyMLP(hidden=hidden, num_outputs=num_classes, dropout_rate=float(dropout_rate))
   else:
     net = UncertaintyMLP(hidden=hidden, num_outputs=num_classes)
@@ -162,12 +204,8 @@ def make_method(name: str, *, input_shape: Sequence[int], num_classes: int,
         log_probs=mc_log_probs, frozen=(), bits_per_member=_float_bits)
 
   # masksembles: one mask set per hidden layer, generated once (validated here).
-  for width in hidden:
-    masksembles_lib.check_masksembles(width, num_members, masksembles_scale)
-  mask_sets = tuple(
-      jnp.asarray(masksembles_lib.generate_masks(w, num_members, masksembles_scale,
-                                                 seed=int(masks_seed) * 1000 + i))
-      for i, w in enumerate(hidden))
+  mask_sets = tuple(jnp.asarray(m) for m in masksembles_masks(
+      hidden, num_members, masksembles_scale, seed=masks_seed))
 
   def ms_log_probs(p, masks, x, key):
     b = x.shape[0]
