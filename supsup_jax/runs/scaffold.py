@@ -103,9 +103,12 @@ class Progress:
     return elapsed, (self.total - self.done) / rate if rate > 0 else float("nan")
 
   def report(self, label: str, step: int, steps: int, mets: Mapping) -> None:
+    """One line: ``label step i/n`` and ``loss``/``acc`` where ``mets`` has them."""
     elapsed, eta = self.eta()
-    logging.info("%s step %d/%d loss %.4f acc %.3f | elapsed %s ETA %s", label,
-                 step, steps, float(mets["loss"]), float(mets.get("accuracy", math.nan)),
+    shown = "".join(f" {name} {float(mets[key]):.{digits}f}"
+                    for key, name, digits in (("loss", "loss", 4), ("accuracy", "acc", 3))
+                    if key in mets)
+    logging.info("%s step %d/%d%s | elapsed %s ETA %s", label, step, steps, shown,
                  _fmt(elapsed), _fmt(eta))
 
 

@@ -62,7 +62,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from supsup_jax import metrics
+from supsup_jax import plotting
 from supsup_jax import state_io
 from supsup_jax.data import single_task
 from supsup_jax.data import transforms
@@ -383,9 +383,7 @@ def train(config, method: members_lib.Method, stream, run: scaffold.Run,
     meta["global_step"] = step
     meta["peak_rss_mb"] = max(meta["peak_rss_mb"], _peak_rss_mb())
     progress.done = step
-    elapsed, eta = progress.eta()
-    logging.info("%s step %d/%d loss %.4f | elapsed %s ETA %s", method.name, step, total,
-                 meta["losses"][-1], scaffold._fmt(elapsed), scaffold._fmt(eta))  # pylint: disable=protected-access
+    progress.report(method.name, step, total, {"loss": meta["losses"][-1]})
     run.scalars(step, {"train/loss": meta["losses"][-1]})
     run.save(step, {"params": state_io.to_saveable(params),
                     "opt_state": state_io.to_saveable(opt_state)}, meta)
@@ -503,7 +501,7 @@ def _write_csvs(workdir, results, bins) -> None:
 
 def plot_reliability(path: str, bins: dict, title: str, ece: float) -> None:
   """Accuracy vs confidence per bin (full [0, 1] axes) over the share of examples."""
-  plt = metrics._pyplot()  # pylint: disable=protected-access
+  plt = plotting.pyplot()
   e, count = bins["edges"], bins["count"]
   centers, width = 0.5 * (e[1:] + e[:-1]), e[1] - e[0]
   full = count > 0
@@ -519,14 +517,14 @@ def plot_reliability(path: str, bins: dict, title: str, ece: float) -> None:
   ax2.bar(centers, count / max(count.sum(), 1), width=width, color="gray", edgecolor="k")
   ax2.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max p̄)", ylabel="share of inputs")
   fig.tight_layout()
-  metrics._save_atomic(fig, path)  # pylint: disable=protected-access
+  plotting.save_atomic(fig, path)
 
 
 def plot_entropy_hist(path: str, h_in, h_ood, mi_in, mi_ood, num_classes: int, title: str,
                       in_name: str, ood_name: str) -> None:
   """Histograms of predictive entropy and mutual information, in vs OOD, both on
   the full range [0, log C] (the largest possible value of either)."""
-  plt = metrics._pyplot()  # pylint: disable=protected-access
+  plt = plotting.pyplot()
   top = float(np.log(num_classes))
   edges = np.linspace(0.0, top, 41)
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
@@ -538,7 +536,7 @@ def plot_entropy_hist(path: str, h_in, h_ood, mi_in, mi_ood, num_classes: int, t
     ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  metrics._save_atomic(fig, path)  # pylint: disable=protected-access
+  plotting.save_atomic(fig, path)
 
 
 def table(workdirs) -> str:
