@@ -6,7 +6,9 @@ sequence of ``(axis name, size)`` pairs (``-1``: all remaining devices):
 * ``"tasks"``: task parallelism. ``tasks_in_parallel`` tasks' states are
   stacked on a leading axis sharded over it, so each device trains its own
   tasks' masks; the frozen weights, the learner's memory and the in-memory
-  datasets are replicated once per device (not once per task).
+  datasets are replicated once per device (not once per task), except what
+  the learner lays out itself (``Learner.place_memory``: SupSup splits its
+  mask bank's rows over all devices, :mod:`supsup_jax.sharded_inference`).
 * ``"data"``: data parallelism. Each task's batch is sharded over it; the
   compiler (GSPMD) turns every reduction over the batch into a cross-device
   all-reduce: the loss mean and hence the score gradients, and the batch-norm

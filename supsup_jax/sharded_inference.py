@@ -17,6 +17,12 @@ being a per-shard sum followed by a ``psum`` across shards.
 
 Everything that is not the bank (weights, BN statistics, images, G) is
 replicated: G is computed identically on every device.
+
+In a run on a mesh of several devices, SupSup's memory holds its bank laid
+out by :func:`shard` (``Learner.place_memory``), and its ``infer_task`` /
+``detect_task`` call :func:`oneshot_many`, :func:`binary_many` and
+:func:`dot` whenever :func:`rows_mesh` finds the rows split (decided at call
+time from the concrete array).
 """
 from __future__ import annotations
 
