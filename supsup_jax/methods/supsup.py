@@ -18,6 +18,12 @@ memory (fixed shapes, ``capacity`` task slots)::
    "score_sum": sum of finished tasks' scores (transfer),
    "kept_scores": [capacity, ...] scores (only with keep_scores)}
 
+On a mesh of several devices (``place_memory``) the bank's rows are split
+over all of them and the rest is replicated; task inference and new-task
+detection then run where the rows are (:mod:`supsup_jax.sharded_inference`,
+chosen at call time from the rows' sharding), and ``end_task``/``logits``
+touch only the owner's row.
+
 task_state: :class:`supsup_jax.training.TaskState`.
 """
 from __future__ import annotations
@@ -28,10 +34,12 @@ import numpy as np
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import conv
+from supsup_jax import distributed
 from supsup_jax import inference
 from supsup_jax import masks as masks_lib
 from supsup_jax import models
 from supsup_jax import optim
+from supsup_jax import sharded_inference
 from supsup_jax import training
 from supsup_jax import weights as weights_lib
 from supsup_jax import learner as learner_lib
@@ -120,7 +128,23 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
                                       task_stats(memory, task_id), images, False)
     return out
 
+  def place_memory(memory, mesh):
+    """On a mesh of several devices the bank's rows are split over all of
+    them (each device holds capacity / devices rows; inference runs where
+    the rows are); everything else is replicated."""
+    out = distributed.place_replicated(
+        {k: v for k, v in memory.items() if k != "bank"}, mesh)
+    out["bank"] = (sharded_inference.shard(memory["bank"], mesh) if mesh.size > 1
+                   else distributed.place_replicated(memory["bank"], mesh))
+    return out
+
   def infer_task(memory, num_learned, images_many):
+    mesh = sharded_inference.rows_mesh(memory["bank"])
+    if mesh is not None:  # rows split over devices: the pass runs where they are
+      fn = (sharded_inference.oneshot_many if inference_algorithm == "oneshot"
+            else sharded_inference.binary_many)
+      return fn(masked, memory["weights"], memory["bank"], images_many, mesh,
+                objective=inference_objective, num_tasks=num_learned)
     if inference_algorithm == "oneshot":
       grads = inference.alpha_grads_many(masked, memory["weights"], memory["bank"],
                                          images_many, objective=inference_objective,
@@ -129,8 +153,7 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     return inference.binary_many(masked, memory["weights"], memory["bank"], images_many,
                                  objective=inference_objective, num_tasks=num_learned)
 
-  @jax.jit
-  def _detect_grads(memory, n_fresh, denom, images):
+  def _mixed_grad(memory, n_fresh, denom, images):
     weights_ = memory["weights"]
     bank = memory["bank"]
     keys = jax.random.split(jax.random.key(detect_seed), MIN_CANDIDATES)
@@ -140,7 +163,17 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     mixed = (bank.counts.astype(jnp.float32) + use @ fresh) / denom
     g = layout.flatten(inference.effective_weight_grad(
         masked, weights_, layout.unflatten(mixed), images, "entropy"))
-    return bank_lib.dot(bank, g), fresh @ g
+    return g, fresh
+
+  @jax.jit
+  def _detect_grads(memory, n_fresh, denom, images):
+    g, fresh = _mixed_grad(memory, n_fresh, denom, images)
+    return bank_lib.dot(memory["bank"], g), fresh @ g
+
+  @jax.jit
+  def _detect_grad_sharded(memory, n_fresh, denom, images):
+    g, fresh = _mixed_grad(memory, n_fresh, denom, images)
+    return g, fresh @ g
 
   def detect_task(memory, num_learned, images):
     """(is_new, best): the NNs rule of the authors' code. The superposition
@@ -150,7 +183,12 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     if n == 0:
       return True, 0
     k = max(n, MIN_CANDIDATES)
-    learned, fresh = _detect_grads(memory, jnp.int32(k - n), jnp.float32(k), images)
+    mesh = sharded_inference.rows_mesh(memory["bank"])
+    if mesh is None:
+      learned, fresh = _detect_grads(memory, jnp.int32(k - n), jnp.float32(k), images)
+    else:  # the bank's products where its rows are; n scalars gathered
+      g, fresh = _detect_grad_sharded(memory, jnp.int32(k - n), jnp.float32(k), images)
+      learned = distributed.gathered(sharded_inference.dot(memory["bank"], g, mesh))
     g = np.concatenate([np.asarray(learned)[:n], np.asarray(fresh)[:k - n]])
     nu = np.exp(-(g - g.min()))
     nu /= nu.sum()
@@ -181,7 +219,8 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
                  init_memory=init_memory, init_task=init_task, train_step=train_step,
                  end_task=end_task, logits=logits, summary=summary,
                  trains_weights=False, infer_task=infer_task,
-                 detect_task=detect_task, reopen_task=reopen_task)
+                 detect_task=detect_task, reopen_task=reopen_task,
+                 place_memory=place_memory)
 
 
 def from_config(config, stream) -> Learner:
