@@ -195,8 +195,7 @@ def describe(mesh: Mesh) -> dict:
           "platform": mesh.devices.flat[0].platform}
 
 
-def check_parallel(mesh: Mesh, *, tasks_in_parallel: int, batch_size: int,
-                   num_tasks: int | None = None) -> None:
+def check_parallel(mesh: Mesh, *, tasks_in_parallel: int, batch_size: int) -> None:
   """One-line errors for a task group or batch the mesh cannot split."""
   t, d = axis_size(mesh, TASKS), axis_size(mesh, DATA)
   if tasks_in_parallel % t:
@@ -210,7 +209,6 @@ def check_parallel(mesh: Mesh, *, tasks_in_parallel: int, batch_size: int,
     raise ValueError(
         f"config.batch_size={batch_size} is not divisible by the mesh's 'data' axis "
         f"({d} devices); use a multiple of {d}, e.g. --config.batch_size={ok}")
-  del num_tasks
 
 
 # -- where arrays live -------------------------------------------------------
@@ -347,13 +345,6 @@ def jit_chunk(fn, mesh: Mesh | None, *, parallel: bool, num_args: int):
   return jax.jit(fn, static_argnums=static, donate_argnums=2,
                  in_shardings=tuple(shardings),
                  out_shardings=(ts if parallel else rep, rep))
-
-
-def jit_replicated(fn, mesh: Mesh | None, **kwargs):
-  """jit whose outputs stay replicated on the mesh (e.g. ``end_task``'s memory)."""
-  if mesh is None:
-    return jax.jit(fn, **kwargs)
-  return jax.jit(fn, out_shardings=replicated(mesh), **kwargs)
 
 
 def jit_like(fn, mesh: Mesh | None, like, **kwargs):
