@@ -139,10 +139,15 @@ def test_learner_protocol_small():
 
 
 def _run_config(tmp_cfg):
+  """The shipped config with ``tmp_cfg`` ({"a.b": value}) overridden."""
   from launch.configs import hopsupsup_split_mnist  # pylint: disable=import-outside-toplevel
   c = hopsupsup_split_mnist.get_config()
   for k, v in tmp_cfg.items():
-    c[k] = v
+    *parents, name = k.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[name] = v
   return c
 
 
@@ -151,7 +156,7 @@ def test_split_mnist_short_run(tmp_path):
   gamma are tuned for it), 30 training steps each, recovery on 24 test
   batches: the recovered masks equal the stored ones and classify as well."""
   from supsup_jax.runs import hopsupsup as hopsupsup_run  # pylint: disable=import-outside-toplevel
-  c = _run_config({"num_tasks": 2, "iterations_per_task": 30, "recovery_batches": 24})
+  c = _run_config({"num_tasks": 2, "iterations_per_task": 30, "study.recovery_batches": 24})
   r = hopsupsup_run.run(c, str(tmp_path))
   with open(tmp_path / "results.json") as f:
     assert json.load(f)["num_tasks"] == 2
