@@ -595,7 +595,8 @@ class _Run:
       self.memory = end_task(self.memory, ts, task_id)
       self.reference.append(masks)
       entry = {"task": f"{name}/{t}", "steps": steps,
-               "final_train_accuracy": float(np.mean(np.asarray(self.acc_tail, np.float32))),
+               # jnp.mean, as before the port (XLA's summation order, not NumPy's)
+               "final_train_accuracy": float(jnp.mean(jnp.asarray(self.acc_tail, jnp.float32))),
                "mask_density": [float(np.mean(m)) for m in masks]}
       self.rec["train"].append(entry)
       self.rec_partial_time(t0)
