@@ -55,10 +55,12 @@ def _numbers(r):
           [t["accuracy_recovered"] for t in r["tasks"]], r["train"], r["steps_per_task"])
 
 
-def test_kill_and_stop_resume_exactly(tmp_path):
-  """SIGKILL after the first checkpoint (task 1's end), then a resume stopped
-  mid-task by stop_after_steps (a task-state checkpoint), then a resume to the
-  end: the same numbers as an uninterrupted run; results.json written once."""
+def test_kill_stop_and_sigterm_resume_exactly(tmp_path):
+  """SIGKILL after the first checkpoint (task 1's end), a resume stopped
+  mid-task by stop_after_steps (a task-state checkpoint), a resume stopped by
+  SIGTERM (a checkpoint at the next boundary, exit 130, one line), then a
+  resume to the end: the same numbers as an uninterrupted run; results.json
+  written once, at the end."""
   ref = hop.run(_config(), str(tmp_path / "ref"))
   work = tmp_path / "work"
   proc = _launch(work)
@@ -75,6 +77,18 @@ def test_kill_and_stop_resume_exactly(tmp_path):
   assert not (work / "results.json").exists()
   stopped = hop.run(_config({"stop_after_steps": 4}), str(work))
   assert stopped["complete"] is False
+  assert not (work / "results.json").exists()
+  proc = _launch(work)
+  for line in proc.stdout:  # SIGTERM once it has resumed
+    if "Resuming" in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=240)
+  assert proc.returncode == 130, err
+  assert "Traceback" not in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("error: interrupted (stopped by SIGTERM after saving a "
+                         "checkpoint at "), err
   assert not (work / "results.json").exists()
   resumed = hop.run(_config(), str(work))
   assert _numbers(resumed) == _numbers(ref)

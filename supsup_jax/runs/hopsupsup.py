@@ -35,7 +35,8 @@ the train log, the sweep rows so far) are taken after each trained task (or
 every ``checkpoint_every_minutes`` at a task end), every
 ``checkpoint_every_steps`` steps inside a task, when ``stop_after_steps`` is
 reached, after the recovery and after each sweep stage, so the same command
-resumes a killed run exactly. Training is checked for non-finite loss or state
+resumes a killed run exactly; SIGINT/SIGTERM stop the run at the next of
+these boundaries, after its checkpoint. Training is checked for non-finite loss or state
 once per chunk, and each trained mask for a layer with every gain off (a
 diverged task): either stops the run with ``FloatingPointError`` (one line;
 the last checkpoint stays).
@@ -59,8 +60,8 @@ import numpy as np
 from supsup_jax import distributed
 from supsup_jax import hopfield
 from supsup_jax import learner as learner_lib
-from supsup_jax import metrics as metrics_lib
 from supsup_jax import optim
+from supsup_jax import plotting
 from supsup_jax import state_io
 from supsup_jax import weights as weights_lib
 from supsup_jax.data import streams as streams_lib
@@ -414,8 +415,7 @@ def store_load_row(parts, memory, reference, images, labels, num_batches, ref,
 
 
 def _plot(path: str, names: list[str], curves: list[list[int]], d_total: int) -> None:
-  plt = metrics_lib._pyplot()  # pylint: disable=protected-access
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  fig, ax = plotting.pyplot().subplots(figsize=(6, 4), dpi=120)
   for name, c in zip(names, curves):
     ax.plot(np.arange(len(c)), c, label=name)
   ax.set_xlabel("recovery step (test batch)")
@@ -424,7 +424,7 @@ def _plot(path: str, names: list[str], curves: list[list[int]], d_total: int) ->
   ax.set_title("HopSupSup mask recovery")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  metrics_lib._save_atomic(fig, path)  # pylint: disable=protected-access
+  plotting.save_atomic(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -498,6 +498,7 @@ class _Run:
                                 "capacity": [], "capacity_s": 0.0}
     self.next_task, self.step, self.partial, self.acc_tail = 0, 0, None, []
     self.last_good = "no checkpoint yet"
+    self.where = "the start"  # of the last checkpoint
     self.stop_after = int(config.get("stop_after_steps") or 0)
     self.steps_this_process = 0
     self.ckpt_every = int(config.get("checkpoint_every_steps") or 0)
@@ -535,15 +536,19 @@ class _Run:
         "where": where, "global_step": global_step, "tasks_done": len(self.reference),
         "next_task": self.next_task, "step": self.step, "acc_tail": self.acc_tail,
         "record": self.rec})
+    self.where = where
     self.last_good = f"resumable from the checkpoint at {where}"
 
   def _stopping(self) -> bool:
-    return bool(self.stop_after) and self.steps_this_process >= self.stop_after
+    """SIGINT/SIGTERM received, or ``stop_after_steps`` trained in this process."""
+    return (self.sc.stop_signal is not None
+            or bool(self.stop_after) and self.steps_this_process >= self.stop_after)
 
   # -- training -------------------------------------------------------------
 
   def train(self) -> bool:
-    """Trains the remaining tasks; False when stopped by ``stop_after_steps``."""
+    """Trains the remaining tasks; False when stopped (a signal or
+    ``stop_after_steps``) after saving a checkpoint."""
     learner, log_every = self.learner, max(1, int(self.config.get("log_every_steps") or 1))
     chunk_fns = [make_chunk_fn(learner, s, self.batch_size) for _, s in self.streams]
     arrays = [s.train_batch_fn_args(self.batch_size)[1] for _, s in self.streams]
@@ -612,7 +617,7 @@ class _Run:
           or time.time() - self.sc.last_save >= self.ckpt_seconds):
         self.save(f"the end of {label} ({name})" if len(self.streams) > 1
                   else f"the end of task {t + 1}/{self.num_tasks}", gstep + 1)
-      if self._stopping() and not last:
+      if self._stopping() and (not last or self.sc.stop_signal is not None):
         return False
     return True
 
@@ -660,6 +665,7 @@ class _Run:
                    len(nbs), [first_zero(c) for c in r["hamming"]],
                    float(np.mean(out["acc_recovered"])), float(np.mean(out["acc_given"])))
       self.save("the recovery", stage + 1)
+      self._check_signal()
     for i, k in enumerate(self.study["store_load_sweep"]):
       if i < len(self.rec["store_load"]):
         continue
@@ -676,6 +682,7 @@ class _Run:
       self.sc.scalars(step - 1, {"store_load/tasks_recovered": row["tasks_recovered"],
                                  "store_load/extra_masks": k})
       self.save(f"store-load sweep +{k}", step)
+      self._check_signal()
     base = stage + 1 + len(self.study["store_load_sweep"])
     d = int(self.parts.hidden[0])
     for i, k in enumerate(self.study["capacity_sweep"]):
@@ -690,6 +697,11 @@ class _Run:
       self.sc.scalars(step - 1, {"capacity/recovered_fraction": row["recovered_fraction"],
                                  "capacity/num_masks": k})
       self.save(f"capacity sweep {k}", step)
+      self._check_signal()
+
+  def _check_signal(self) -> None:
+    if self.sc.stop_signal is not None:
+      raise self.sc.interruption(self.where)
 
   # -- results --------------------------------------------------------------
 
@@ -765,7 +777,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   process (the same command resumes).
   """
   study = validate(config)
-  with scaffold.open_run(workdir, config, kind=KIND) as sc:
+  with scaffold.open_run(workdir, config, kind=KIND, stops_at_boundaries=True) as sc:
     if sc.finished is not None:
       logging.info("%s: finished before; results in %s", config.get("experiment", KIND),
                    workdir)
@@ -775,6 +787,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     r = _Run(config, study, sc, streams, learner, parts)
     r.restore(sc.restore())
     if not r.train():
+      if sc.stop_signal is not None:
+        raise sc.interruption(r.where)
       logging.info("Stopped after %d steps (config.stop_after_steps); the same command "
                    "resumes", r.steps_this_process)
       return {"complete": False, "steps_this_process": r.steps_this_process}
