@@ -16,9 +16,6 @@ each per-task copy is made from the initial layer in the authors' code.
 """
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 from supsup_jax.learner import Learner
 from supsup_jax.methods import options
 from supsup_jax.methods import trained_net
