@@ -88,14 +88,14 @@ def make_net(model: nn.Module, weights, *, input_shape: Sequence[int], num_class
   """
   options.choice("init", init, weights_lib.INITS)
   for key, value in (("capacity", capacity), ("num_classes", num_classes)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{key} must be an int >= 1, got {value!r}")
   example = np.zeros((1, *input_shape), np.float32)
   if isinstance(weights, (int, np.integer)) and not isinstance(weights, bool):
     weights = weights_lib.init_weights(model, int(weights), example, init=init)
   if batch_stats is None:
     batch_stats = weights_lib.init_model_state(model, example).get("batch_stats", {})
-  return Net(model, num_classes, capacity, weights, batch_stats, example.shape)
+  return Net(model, int(num_classes), int(capacity), weights, batch_stats, example.shape)
 
 
 TRAINED_NET_DEFAULTS = {
