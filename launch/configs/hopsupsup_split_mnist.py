@@ -43,11 +43,12 @@ def get_config():
   c.iterations_per_task = 0
   c.epochs_per_task = 1.0
   # Hopfield store and recovery.
-  c.hopfield_rule = "storkey"               # storkey (authors' code) | hebbian (paper text)
-  c.recovery_gamma = 1.5e-3
-  c.recovery_learning_rate = 500.0
-  c.recovery_momentum = 0.9
-  c.recovery_weight_decay = 1e-4            # the authors' optimizer keeps args.wd
+  c.hopfield = ml_collections.ConfigDict()  # read by supsup_jax.methods.hopsupsup
+  c.hopfield.rule = "storkey"               # storkey (authors' code) | hebbian (paper text)
+  c.hopfield.gamma = 1.5e-3
+  c.hopfield.learning_rate = 500.0
+  c.hopfield.momentum = 0.9
+  c.hopfield.weight_decay = 1e-4            # the authors' optimizer keeps args.wd
   # The runner's own keys (supsup_jax/runs/hopsupsup.py).
   c.study = ml_collections.ConfigDict()
   c.study.recovery_batch_size = 64          # test images per recovery step

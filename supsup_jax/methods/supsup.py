@@ -45,6 +45,7 @@ from supsup_jax import weights as weights_lib
 from supsup_jax import learner as learner_lib
 from supsup_jax.learner import Learner
 from supsup_jax.masked_model import MaskedModel
+from supsup_jax.methods import options
 
 # NNs (the authors' code): alpha = 1/K over K = max(masks so far, MIN_CANDIDATES)
 # candidates; the data is new when max softmax(-dH/dalpha) < (1 + 2^-3) / K.
@@ -73,6 +74,11 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     keep_scores: also keep every task's real-valued scores in memory.
     inference_algorithm / inference_objective: task inference (GN/NN).
     detect_seed: seeds the untrained candidate masks of new-task detection.
+
+  Returns:
+    The learner; memory as in the module docstring (bank rows and per-task
+    statistics ``[capacity, ...]``); ``infer_task``, ``detect_task`` and
+    ``reopen_task`` set.
   """
   if inference_algorithm not in inference.ALGORITHMS:
     raise ValueError(f"inference_algorithm {inference_algorithm!r} unknown; allowed: "
@@ -223,8 +229,28 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
                  place_memory=place_memory)
 
 
+SUPSUP_DEFAULTS = {
+    "transfer": False,    # a task's scores start from the mean of the finished tasks'
+    "keep_scores": None,  # None -> only when num_tasks <= 20 (memory)
+}
+
+
+def read_config(config) -> dict:
+  """``config.supsup`` validated: ``{"transfer": bool, "keep_scores": bool}``
+  (``keep_scores`` None -> ``config.num_tasks <= 20``)."""
+  part = options.part(config, "supsup", SUPSUP_DEFAULTS)
+  options.flag("config.supsup.transfer", part["transfer"])
+  if part["keep_scores"] is None:
+    part["keep_scores"] = bool(config.num_tasks <= 20)
+  options.flag("config.supsup.keep_scores", part["keep_scores"])
+  return part
+
+
 def from_config(config, stream) -> Learner:
-  """SupSup for an experiment config (keys of ``launch/configs/common.py``)."""
+  """SupSup for an experiment config: the common keys of
+  ``launch/configs/common.py`` and ``config.supsup`` (``transfer``,
+  ``keep_scores``)."""
+  part = read_config(config)
   num_outputs = config.get("num_outputs") or stream.num_classes
   if num_outputs < stream.num_classes:
     raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
@@ -249,10 +275,9 @@ def from_config(config, stream) -> Learner:
       warmup_steps=int(config.get("warmup_steps") or 0))
   capacity = (int(config.max_masks) if config.scenario == "NNs"
               else int(config.num_tasks))
-  keep = config.get("keep_scores")
   return make(masked, weights, optimizer, capacity=capacity,
-              initial_batch_stats=batch_stats, transfer=bool(config.get("transfer")),
-              keep_scores=bool(config.num_tasks <= 20 if keep is None else keep),
+              initial_batch_stats=batch_stats, transfer=part["transfer"],
+              keep_scores=part["keep_scores"],
               inference_algorithm=config.inference_algorithm,
               inference_objective=config.inference_objective, detect_seed=config.seed)
 

@@ -177,17 +177,9 @@ def study_config(config) -> dict[str, Any]:
 
 
 def _check_learner_keys(config) -> None:
-  """The learner's own keys, checked by the learner (before any data loads)."""
-  read = getattr(hopsupsup, "read_config", None)
-  if read is not None:  # config.hopfield
-    read(config)
-    return
-  hopfield._check_rule(config.get("hopfield_rule", "storkey"))  # pylint: disable=protected-access
-  for key in ("recovery_gamma", "recovery_learning_rate", "recovery_momentum",
-              "recovery_weight_decay"):
-    if key in config:
-      _number(key, config.get(key), 0.0, open_low=key == "recovery_learning_rate")
-  hopsupsup.check_recovery_config(hopsupsup.recovery_config(config))
+  """The learner's own keys (``config.hopfield``), checked by the learner
+  before any data loads."""
+  hopsupsup.read_config(config)
 
 
 def _check_mesh(spec) -> None:
