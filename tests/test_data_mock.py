@@ -47,6 +47,11 @@ def test_split_cifar100_mock(mock_tfds):
   assert xs.shape == (3, 4, 32, 32, 3) and ys.shape == (3, 4)
   ntest = sum(s.test_size(t) for t in range(20))
   assert ntest == 400
+  # The tfds path (online download; mocked) carries the coarse labels too.
+  with mock_tfds.testing.mock_data(num_examples=400):
+    d = D.load_dataset("cifar100")
+  assert len(d["coarse_class_names"]) == 20 and d["coarse"]["test"].shape == (400,)
+  assert 0 <= d["coarse"]["train"].min() and d["coarse"]["train"].max() < 20
 
 
 def test_split_imagenet_mock(mock_tfds):
