@@ -231,8 +231,8 @@ def test_cifar100_class_missing_is_refused(tmp_path, monkeypatch, skip, where, m
   with pytest.raises(D.DataLayoutError) as e:
     D.load_dataset("cifar100", str(tmp_path / "data"))
   msg = _one_line(e)
-  assert f"cifar100 image folder" in msg and msg.split(" lacks")[0].endswith(where)
-  assert f"lacks {len(skip)} class folder(s) with images: {missing}" in msg
+  assert msg.startswith(f"cifar100 archive {tmp_path / 'data' / 'cifar100'}")
+  assert f": {where}/ lacks {len(skip)} class folder(s) with images: {missing};" in msg
   assert "restore the full dataset" in msg
 
 
@@ -257,6 +257,21 @@ def test_cifar100_label_file_problems_are_one_line(tmp_path, monkeypatch):
   with pytest.raises(D.DataLayoutError) as e:
     D.load_dataset("cifar100", str(tmp_path / "data"))
   assert "is not a CIFAR-100 label file" in _one_line(e)
+
+
+def test_cifar100_damaged_archive_or_image_is_one_line(c100, tmp_path):
+  data_dir, archive, tree = c100
+  good = archive.read_bytes()
+  archive.write_bytes(good[:len(good) // 2])  # truncated download
+  with pytest.raises(D.DataLayoutError) as e:
+    D.load_dataset("cifar100", str(data_dir))
+  assert f"{archive} cannot be unpacked" in _one_line(e)
+  (tree / "test" / "c07" / "c07_0.png").write_bytes(b"\x89PNG but not really")
+  _pack(tree, archive)
+  with pytest.raises(D.DataLayoutError) as e:
+    D.load_dataset("cifar100", str(data_dir))
+  msg = _one_line(e)
+  assert "cannot decode the images of" in msg and str(archive) in msg
 
 
 def test_split_cifar100_seed_beyond_numpy_legacy_is_one_line():

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import importlib
 import json
@@ -52,6 +53,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -490,11 +492,15 @@ def _extract_once(archive: Path, name: str, digest: str) -> Path:
       shutil.rmtree(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}_", dir=dest.parent))
     try:
-      with tarfile.open(archive) as tf_:
-        try:
-          tf_.extractall(tmp, filter="data")
-        except TypeError:  # Python without extraction filters
-          tf_.extractall(tmp)
+      try:
+        with tarfile.open(archive) as tf_:
+          try:
+            tf_.extractall(tmp, filter="data")
+          except TypeError:  # Python without extraction filters
+            tf_.extractall(tmp)
+      except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataLayoutError(f"{archive} cannot be unpacked ({type(e).__name__}: "
+                              f"{_first_line(e)}); replace it with a complete copy") from None
       root = tmp
       # Accept an archive with a single top-level folder around train/ test/.
       entries = [p for p in tmp.iterdir()]
@@ -582,6 +588,10 @@ class _FolderSource:
     return cache_dir() / "image_folders" / f"{self.name}_{digest[:16]}.arrays.npz"
 
 
+def _first_line(e: BaseException) -> str:
+  return next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)[:300]
+
+
 def _check_registered_archive(name: str, archive: Path, digest: str) -> None:
   want = _REGISTERED_ARCHIVES.get(archive.name)
   if want and not digest.startswith("partial:") and digest != want:
@@ -609,15 +619,17 @@ def _find_image_folder(sub: Path, name: str) -> _FolderSource | None:
   return _FolderSource(name, None, archive, sha, json.dumps(sha, sort_keys=True))
 
 
-def _cifar100_labels(folder: Path, sub: Path) -> tuple[list[str], list[str], np.ndarray]:
+def _cifar100_labels(folder: Path, sub: Path, origin: str
+                    ) -> tuple[list[str], list[str], np.ndarray]:
   """(fine names, coarse names, fine_to_coarse) of a CIFAR-100 image folder,
-  whose class folders are checked against them (one-line DataLayoutError)."""
+  whose class folders are checked against them (one-line DataLayoutError
+  naming ``origin``, the archive or folder the user gave)."""
   inside, beside = folder / CIFAR100_LABELS_FILE, sub / CIFAR100_LABELS_FILE
   found = [p for p in dict.fromkeys((inside, beside)) if p.is_file()]
   if not found:
     raise DataLayoutError(
-        f"cifar100 image folder {folder} has no {CIFAR100_LABELS_FILE} (neither in the archive "
-        f"nor in {sub}); it gives the coarse labels: put the dataset's label file there")
+        f"{origin} has no {CIFAR100_LABELS_FILE} (neither inside nor in {sub}); it gives the "
+        f"coarse labels: put the dataset's label file there")
   if len(found) == 2 and inside.read_bytes() != beside.read_bytes():
     raise DataLayoutError(
         f"{beside} differs from the {CIFAR100_LABELS_FILE} inside the archive; remove it or "
@@ -652,8 +664,8 @@ def _cifar100_labels(folder: Path, sub: Path) -> tuple[list[str], list[str], np.
       if unknown:
         what.append(f"has {len(unknown)} class folder(s) not in {path.name}: "
                     f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}")
-      raise DataLayoutError(f"cifar100 image folder {d} {'; '.join(what)}; it needs the "
-                            f"{n_fine} fine classes of {path}: restore the full dataset")
+      raise DataLayoutError(f"{origin}: {split}/ {'; '.join(what)}; it needs the {n_fine} "
+                            f"fine classes of {path.name}: restore the full dataset")
   return fine, coarse, f2c.astype(np.int64)
 
 
@@ -666,8 +678,18 @@ def _read_image_folder(name: str, sub: Path, src: _FolderSource) -> dict[str, An
     return cached
   folder = src.folder if src.archive is None else _extract_once(
       src.archive, name, src.sha256[src.archive.name])
-  labels = _cifar100_labels(folder, sub) if cifar100 else None
-  out = load_image_folder(folder, use_cache=False)
+  origin = (f"cifar100 archive {src.archive}" if src.archive else
+            f"cifar100 image folder {folder}")
+  labels = _cifar100_labels(folder, sub, origin) if cifar100 else None
+  try:
+    out = load_image_folder(folder, use_cache=False)
+  except (DataNotFoundError, DataLayoutError):
+    raise
+  except Exception as e:  # tf's decode errors: a damaged or non-image file
+    raise DataLayoutError(
+        f"cannot decode the images of {folder} ({type(e).__name__}: {_first_line(e)}); "
+        f"replace the damaged file(s)" + (f" (from {src.archive})" if src.archive else "")
+    ) from None
   if labels is not None:
     fine, coarse, f2c = labels
     # ImageFolder numbers classes alphabetically (= the official CIFAR-100
