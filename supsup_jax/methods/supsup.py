@@ -265,7 +265,7 @@ def check_config(config) -> None:
   options.number("config.sparsity", config.get("sparsity"))
   masks_lib.MaskSpec(config.mask_kind, config.sparsity)  # validates kind and k
   if config.get("er_sparsity"):
-    options.number("config.er_sparsity", config.er_sparsity, low=0, high=1)
+    options.number("config.er_sparsity", config.er_sparsity, low=0)  # ER's s, e.g. 8
   if config.get("scenario", "GG") != "GG":
     options.choice("config.inference_algorithm", config.inference_algorithm,
                    inference.ALGORITHMS)
