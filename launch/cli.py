@@ -45,6 +45,11 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    msg = str(e)
+    if "Traceback (most recent call last)" in msg:
+      # ml_collections wraps an error of the config file's get_config() with its
+      # traceback; its last line is what the user needs.
+      fail(f"cannot load the config: {msg.strip().splitlines()[-1].strip()}")
     fail(f"{one_line(e)} (see --helpshort)")
   except (AttributeError, KeyError) as e:
     # An unknown --config.<key>: ml_collections raises while parsing.

@@ -73,8 +73,13 @@ def test_split_imagenet_mock(mock_tfds):
     np.testing.assert_allclose(np.asarray(x), np.asarray(x2))
     with pytest.raises(ValueError, match="task_id 3 out of range"):
       s.train_batch(3, 0, 1)
-    n_test = sum(b[0].shape[0] for t2 in range(3) for b in s.test_batches(t2, 4))
-    assert n_test >= 0
+    # Every test batch: at most 4 images of the stream's shape, one label each,
+    # labels relabelled into the task's 10 classes.
+    for t2 in range(3):
+      for images, labels in s.test_batches(t2, 4):
+        assert 1 <= images.shape[0] <= 4 and images.shape[1:] == (32, 32, 3)
+        assert labels.shape == (images.shape[0],)
+        assert np.all((np.asarray(labels) >= 0) & (np.asarray(labels) < 10))
 
 
 # ------------------------------------------------ CIFAR-100 from an image folder

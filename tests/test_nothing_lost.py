@@ -206,3 +206,15 @@ def test_a_callable_that_is_not_a_learner_factory_is_one_line(method, fragment):
     methods.make_learner(method, _tiny_gg(), stream=None)
   assert fragment in str(e.value) and "function(config, stream) -> " in str(e.value)
   assert "\n" not in str(e.value)
+
+
+def test_an_error_inside_get_config_is_its_own_last_line(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "launch.main",
+                        "--config=launch/configs/gg_split_cifar100.py:nope",
+                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  [line] = _errors(out.stderr)
+  assert line == ("error: cannot load the config: ValueError: unknown scale 'nope' for "
+                  "gg_split_cifar100; known: paper, cpu (e.g. --config=launch/configs/"
+                  "gg_split_cifar100.py:cpu)")
