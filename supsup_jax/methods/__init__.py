@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+#: Method names (``config.method``) and their ``module:function`` builders.
 METHODS: dict[str, str] = {
     "supsup": "supsup_jax.methods.supsup:from_config",
     "hopsupsup": "supsup_jax.methods.hopsupsup:from_config",

@@ -111,6 +111,8 @@ def free_topk(magnitude: jax.Array, free: jax.Array, n_keep: jax.Array) -> jax.A
 
 
 def from_config(config, stream) -> Learner:
+  """The registered entry point (``METHODS["packnet"]``): the common keys and
+  PackNet's prune fraction and prune point (see the module docstring)."""
   net = _Net(config, stream)
   num_tasks = net.num_tasks
   frac, at = _check(config, num_tasks)
