@@ -37,12 +37,10 @@ myst_heading_anchors = 3
 autodoc_default_options = {
     "members": True,
     "member-order": "bysource",
-    "show-inheritance": False,
 }
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
-autodoc_class_signature = "separated"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False

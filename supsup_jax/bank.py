@@ -8,7 +8,9 @@ one row of a device array: bit-packed (``packed=True``, 1 bit per weight,
 :class:`BankState` is an immutable pytree (rows, per-weight counts, number of
 tasks) with a static :class:`Layout`; :func:`put`, :func:`get`,
 :func:`mean_masks` and :func:`dot` are pure and work under ``jit`` (the task
-id may be traced), and the rows can be sharded along the task axis. The
+id may be traced), and the rows can be sharded along the task axis
+(:func:`put` and :func:`get` then touch only the owner's row; products over
+the bank are :mod:`supsup_jax.sharded_inference`'s). The
 running per-weight count of ones across tasks is kept up to date as tasks are
 put, so the mean mask (the uniform superposition used by task inference)
 never has to be recomputed from the whole bank. :class:`MaskBank` is a small
@@ -142,6 +144,16 @@ def unpack_rows(bank: BankState, rows: jax.Array) -> jax.Array:
   return bits.astype(jnp.float32)
 
 
+def _row(rows: jax.Array, task_id) -> jax.Array:
+  """``rows[task_id]`` as ``[1, width]`` (the id clamped into range, as a
+  dynamic slice would). A one-row gather rather than a dynamic slice: when
+  the rows are sharded along the task axis (:mod:`supsup_jax.
+  sharded_inference`) the compiler reads the row on the device that holds it
+  and all-reduces that one row, where a dynamic slice gathers the whole bank
+  onto every device first. The same bytes either way."""
+  return rows.at[jnp.reshape(task_id, (1,))].get(mode="clip")
+
+
 def put(bank: BankState, task_id, masks: Mapping) -> BankState:
   """Stores ``masks`` as task ``task_id`` (``<= num_tasks``): appends a new
   task, or replaces a stored one (the counts follow). Pure and jittable; the
@@ -152,7 +164,7 @@ def put(bank: BankState, task_id, masks: Mapping) -> BankState:
       raise ValueError(f"task id {t} is outside the bank's capacity 0..{bank.capacity - 1}")
   row, bits = _encode(bank, masks)
   task_id = jnp.asarray(task_id, jnp.int32)
-  old_bits = unpack_rows(bank, jax.lax.dynamic_slice_in_dim(bank.rows, task_id, 1))[0]
+  old_bits = unpack_rows(bank, _row(bank.rows, task_id))[0]
   return bank.replace(
       rows=jax.lax.dynamic_update_slice_in_dim(bank.rows, row[None], task_id, 0),
       counts=bank.counts - old_bits.astype(jnp.int32) + bits,
@@ -166,7 +178,7 @@ def add(bank: BankState, masks: Mapping) -> BankState:
 
 def get(bank: BankState, task_id) -> dict:
   """One task's masks tree (float32 0/1); ``task_id`` may be traced."""
-  row = jax.lax.dynamic_slice_in_dim(bank.rows, jnp.asarray(task_id, jnp.int32), 1)
+  row = _row(bank.rows, jnp.asarray(task_id, jnp.int32))
   return bank.layout.unflatten(unpack_rows(bank, row)[0])
 
 

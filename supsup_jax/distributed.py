@@ -6,7 +6,9 @@ sequence of ``(axis name, size)`` pairs (``-1``: all remaining devices):
 * ``"tasks"``: task parallelism. ``tasks_in_parallel`` tasks' states are
   stacked on a leading axis sharded over it, so each device trains its own
   tasks' masks; the frozen weights, the learner's memory and the in-memory
-  datasets are replicated once per device (not once per task).
+  datasets are replicated once per device (not once per task), except what
+  the learner lays out itself (``Learner.place_memory``: SupSup splits its
+  mask bank's rows over all devices, :mod:`supsup_jax.sharded_inference`).
 * ``"data"``: data parallelism. Each task's batch is sharded over it; the
   compiler (GSPMD) turns every reduction over the batch into a cross-device
   all-reduce: the loss mean and hence the score gradients, and the batch-norm
@@ -194,8 +196,7 @@ def describe(mesh: Mesh) -> dict:
           "platform": mesh.devices.flat[0].platform}
 
 
-def check_parallel(mesh: Mesh, *, tasks_in_parallel: int, batch_size: int,
-                   num_tasks: int | None = None) -> None:
+def check_parallel(mesh: Mesh, *, tasks_in_parallel: int, batch_size: int) -> None:
   """One-line errors for a task group or batch the mesh cannot split."""
   t, d = axis_size(mesh, TASKS), axis_size(mesh, DATA)
   if tasks_in_parallel % t:
@@ -209,7 +210,6 @@ def check_parallel(mesh: Mesh, *, tasks_in_parallel: int, batch_size: int,
     raise ValueError(
         f"config.batch_size={batch_size} is not divisible by the mesh's 'data' axis "
         f"({d} devices); use a multiple of {d}, e.g. --config.batch_size={ok}")
-  del num_tasks
 
 
 # -- where arrays live -------------------------------------------------------
@@ -325,9 +325,11 @@ def jit_chunk(fn, mesh: Mesh | None, *, parallel: bool, num_args: int):
   (n static, last; ``state`` donated), vmapped over the task axis of
   ``state`` and ``task_id`` if ``parallel``.
 
-  With a mesh: memory and data replicated, the stacked task states (and task
-  ids) sharded over "tasks" (``spmd_axis_name``), metrics replicated; without
-  one, plain jit (today's single-device program).
+  With a mesh: data replicated, memory as placed (replicated, or as the
+  learner laid it out: ``Learner.place_memory``; an uncommitted memory is
+  replicated), the stacked task states (and task ids) sharded over "tasks"
+  (``spmd_axis_name``), metrics replicated; without one, plain jit (today's
+  single-device program).
   """
   static = num_args - 1
   if parallel:
@@ -337,7 +339,8 @@ def jit_chunk(fn, mesh: Mesh | None, *, parallel: bool, num_args: int):
   if mesh is None:
     return jax.jit(fn, static_argnums=static, donate_argnums=2)
   rep, ts = replicated(mesh), task_sharding(mesh)
-  shardings = [rep] * static
+  shardings: list = [rep] * static
+  shardings[0] = None  # memory: the committed argument's own sharding
   if parallel:
     shardings[2] = shardings[3] = ts
   return jax.jit(fn, static_argnums=static, donate_argnums=2,
@@ -345,11 +348,16 @@ def jit_chunk(fn, mesh: Mesh | None, *, parallel: bool, num_args: int):
                  out_shardings=(ts if parallel else rep, rep))
 
 
-def jit_replicated(fn, mesh: Mesh | None, **kwargs):
-  """jit whose outputs stay replicated on the mesh (e.g. ``end_task``'s memory)."""
+def jit_like(fn, mesh: Mesh | None, like, **kwargs):
+  """jit whose outputs are laid out as the arrays of ``like`` (``end_task``'s
+  memory keeps the layout the learner placed it in: replicated, or a mask
+  bank's rows left split over the devices, never gathered); plain jit
+  without a mesh."""
   if mesh is None:
     return jax.jit(fn, **kwargs)
-  return jax.jit(fn, out_shardings=replicated(mesh), **kwargs)
+  rep = replicated(mesh)
+  out = jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) else rep, like)
+  return jax.jit(fn, out_shardings=out, **kwargs)
 
 
 def pad_group(group: list[int], mesh: Mesh | None, parallel: int) -> list[int]:

@@ -59,6 +59,11 @@ class Learner:
       task already ended (NNs, when old data comes back).
     summary: ``(memory, num_learned) -> dict`` of JSON-able facts for
       results.json (``bytes_per_task`` at least).
+    place_memory: ``(memory, mesh) -> memory``: the memory laid out on a
+      device mesh (:mod:`supsup_jax.distributed`) by the learner itself (SupSup:
+      the mask bank's rows split over the devices, the rest replicated);
+      None: the run loop replicates every leaf. ``end_task``'s output keeps
+      the layout of its input memory.
   """
   name: str
   num_classes: int
@@ -72,6 +77,7 @@ class Learner:
   infer_task: Callable[[Memory, int, Any], Any] | None = None
   detect_task: Callable[[Memory, int, Any], tuple[bool, int]] | None = None
   reopen_task: Callable[[Memory, Any, Any], TaskState] | None = None
+  place_memory: Callable[[Memory, Any], Memory] | None = None
 
 
 _NEEDS = {

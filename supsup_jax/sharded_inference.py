@@ -17,6 +17,12 @@ being a per-shard sum followed by a ``psum`` across shards.
 
 Everything that is not the bank (weights, BN statistics, images, G) is
 replicated: G is computed identically on every device.
+
+In a run on a mesh of several devices, SupSup's memory holds its bank laid
+out by :func:`shard` (``Learner.place_memory``), and its ``infer_task`` /
+``detect_task`` call :func:`oneshot_many`, :func:`binary_many` and
+:func:`dot` whenever :func:`rows_mesh` finds the rows split (decided at call
+time from the concrete array).
 """
 from __future__ import annotations
 
@@ -41,6 +47,20 @@ def row_spec(mesh: Mesh) -> P:
 
 def row_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, row_spec(mesh))
+
+
+def rows_mesh(bank) -> Mesh | None:
+  """The mesh a bank's rows are split over as :func:`row_sharding` lays them
+  out (rows on more than one device), or None (one device, replicated, or
+  another layout): decides at call time, from the concrete array, whether
+  the sharded functions of this module apply."""
+  rows = bank_lib.as_state(bank).rows
+  sharding = getattr(rows, "sharding", None)
+  if not isinstance(sharding, NamedSharding) or sharding.mesh.size == 1:
+    return None
+  if not sharding.is_equivalent_to(row_sharding(sharding.mesh), rows.ndim):
+    return None
+  return sharding.mesh
 
 
 def _capacity_for(capacity: int, mesh: Mesh) -> int:
@@ -160,6 +180,32 @@ def _sharded_grads(masked, layout, weights, rows, counts, num_tasks, alive, imag
   return jax.shard_map(local_dot, mesh=mesh, in_specs=(row_spec(mesh), P(), P()),
                        out_specs=P(None, axes), check_vma=False)(
                            rows, g, num_tasks.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("packed", "mesh"))
+def _sharded_dot(rows, flat_g, num_tasks, packed, mesh):
+  axes = tuple(mesh.axis_names)
+
+  def local(rows_l, g, n):
+    size = rows_l.shape[0]
+    n_local = jnp.clip(n - jax.lax.axis_index(axes) * size, 0, size)
+    return bank_lib.rows_dot(rows_l, g, n_local, packed=packed)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(row_spec(mesh), P(), P()),
+                       out_specs=P(axes), check_vma=False)(
+                           rows, flat_g, num_tasks.astype(jnp.int32))
+
+
+def dot(bank, flat_g, mesh: Mesh) -> jax.Array:
+  """:func:`supsup_jax.bank.dot` on a bank sharded by :func:`shard`:
+  ``[capacity]`` products of every stored mask with ``flat_g`` (replicated
+  ``[num_bits]``), each computed where its row is; the result stays sharded
+  like the rows (zero past ``num_tasks``)."""
+  state = bank_lib.as_state(bank)
+  if not state.rows.sharding.is_equivalent_to(row_sharding(mesh), state.rows.ndim):
+    raise ValueError("the bank's rows are not sharded over this mesh; pass "
+                     "sharded_inference.shard(bank, mesh)")
+  return _sharded_dot(state.rows, flat_g, state.num_tasks, state.packed, mesh)
 
 
 class _Packing:

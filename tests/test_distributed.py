@@ -1,5 +1,6 @@
-"""Beyond one device: task- and data-parallel training, sharded task inference,
-two processes on localhost.
+"""Beyond one device: task- and data-parallel training, sharded task inference
+(directly, and in GNu and NNs runs whose bank rows are split over the
+devices), two processes on localhost.
 
 Every check runs in a subprocess (this file is also the worker: ``python
 tests/test_distributed.py <case> <json args>``) with
@@ -185,6 +186,139 @@ def case_inference(args):
   }
 
 
+def _sharded_learner_checks():
+  """SupSup's functions on a memory laid out by its ``place_memory`` (rows
+  over 8 devices) vs the single-device memory: same bank, logits, inferred
+  tasks (one-shot, binary), detection and reopened scores; end_task and
+  logits never gather the bank."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  import supsup_jax as ss  # pylint: disable=import-outside-toplevel
+  from supsup_jax import distributed  # pylint: disable=import-outside-toplevel
+  from supsup_jax import masks as masks_lib  # pylint: disable=import-outside-toplevel
+  from supsup_jax import sharded_inference as si  # pylint: disable=import-outside-toplevel
+  from supsup_jax.masked_model import MaskedModel  # pylint: disable=import-outside-toplevel
+  from supsup_jax.methods import supsup  # pylint: disable=import-outside-toplevel
+  model = ss.models.LeNet300100(num_outputs=10)
+  weights = ss.init_weights(model, seed=0, example_input=jnp.zeros((1, 28, 28, 1)))
+  masked = MaskedModel(model, masks_lib.MaskSpec("topk", 0.5), 10)
+  learners = {a: supsup.make(masked, weights, optax.sgd(0.1), capacity=11,
+                             inference_algorithm=a) for a in ("oneshot", "binary")}
+  learner = learners["oneshot"]
+  mesh = distributed.make_mesh([("tasks", 4), ("data", 2)])
+  one = learner.init_memory()
+  sharded = learner.place_memory(learner.init_memory(), mesh)
+  end_one = jax.jit(learner.end_task)
+  end_sharded = distributed.jit_like(learner.end_task, mesh, sharded, donate_argnums=0)
+  state0 = learner.init_task(one, 0, jax.random.key(100))
+  end_hlo = end_sharded.lower(sharded, state0, jnp.int32(0)).compile().as_text()
+  logits_hlo = jax.jit(learner.logits).lower(sharded, jnp.int32(3), jnp.zeros(
+      (4, 28, 28, 1))).compile().as_text()
+  out = {"detect_one": [], "detect_sharded": []}
+  images = jax.random.normal(jax.random.key(7), (6, 3, 28, 28, 1))
+  for t in range(11):
+    state = learner.init_task(one, t, jax.random.key(100 + t))
+    one = end_one(one, state, jnp.int32(t))
+    sharded = end_sharded(sharded, state, jnp.int32(t))
+    if t in (2, 10):  # detection with untrained candidates (n < 5), and without
+      out["detect_one"].append(list(learner.detect_task(one, t + 1, images[0])))
+      out["detect_sharded"].append(list(learner.detect_task(sharded, t + 1, images[0])))
+  rows = sharded["bank"].rows
+  out["row_spec"] = str(rows.sharding.spec)
+  out["row_shard_shapes"] = sorted({tuple(s.data.shape) for s in rows.addressable_shards})
+  out["rows_mesh"] = si.rows_mesh(sharded["bank"]) is not None
+  out["rows_mesh_one"] = si.rows_mesh(one["bank"]) is not None
+  out["rows_equal"] = bool(np.array_equal(np.asarray(rows), np.asarray(one["bank"].rows)))
+  out["counts_equal"] = bool(np.array_equal(np.asarray(sharded["bank"].counts),
+                                            np.asarray(one["bank"].counts)))
+  x = images[1]
+  out["logits_diff"] = max(float(jnp.max(jnp.abs(
+      learner.logits(one, t, x) - learner.logits(sharded, t, x)))) for t in (0, 5, 10))
+  for a, lr in learners.items():
+    out[f"{a}_one"] = np.asarray(lr.infer_task(one, 11, images)).tolist()
+    out[f"{a}_sharded"] = np.asarray(lr.infer_task(sharded, 11, images)).tolist()
+  re_one = learner.reopen_task(one, 4, jax.random.key(1))
+  re_sharded = learner.reopen_task(sharded, 4, jax.random.key(1))
+  out["reopen_equal"] = all(bool(jnp.array_equal(a, b)) for a, b in zip(
+      jax.tree.leaves(re_one.scores), jax.tree.leaves(re_sharded.scores)))
+  out["all_gather_end_task"] = "all-gather" in end_hlo
+  out["all_gather_logits"] = "all-gather" in logits_hlo
+  return out
+
+
+def _count_calls(calls, module, *names):
+  """Wraps ``module.<name>`` so that ``calls[name]`` counts its calls and
+  ``calls[name + '_rows']`` holds the row shard shapes of the first bank it
+  got; returns a function that puts the originals back."""
+  originals = {n: getattr(module, n) for n in names}
+  for name, fn in originals.items():
+    def counted(*a, _fn=fn, _name=name, **kw):
+      calls[_name] = calls.get(_name, 0) + 1
+      rows = getattr(a[2], "rows", None) if len(a) > 2 else None
+      if rows is not None:
+        calls.setdefault(_name + "_rows", sorted(
+            {tuple(s.data.shape) for s in rows.addressable_shards}))
+      return _fn(*a, **kw)
+    setattr(module, name, counted)
+  return lambda: [setattr(module, n, f) for n, f in originals.items()]
+
+
+def case_gn_sharded(args):
+  """GNu on a (tasks 4, data 2) mesh, the bank's rows split over the 8
+  devices, vs one device: accuracy and task-inference matrices, and which
+  inference path ran; then the learner-level checks."""
+  from launch.configs import gnu_permuted_mnist_lenet  # pylint: disable=import-outside-toplevel
+  from supsup_jax import experiment, inference  # pylint: disable=import-outside-toplevel
+  from supsup_jax import sharded_inference as si  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name, mesh in (("one", (("data", 1),)), ("mesh", (("tasks", 4), ("data", 2)))):
+    c = gnu_permuted_mnist_lenet.get_config()
+    c.num_tasks, c.iterations_per_task, c.batch_size = 8, 10, 16
+    c.log_every_steps, c.eval_batches_per_task, c.test_batch_size = 10, 6, 20
+    c.eval_after_tasks, c.tasks_in_parallel, c.mesh = (4,), 4, mesh
+    c.optimizer, c.learning_rate, c.momentum = "sgd", 0.1, 0.9  # see _gg_config
+    c.mask_kind, c.sparsity = "topk", 0.5
+    calls = {}
+    undo = [_count_calls(calls, si, "oneshot_many", "binary_many"),
+            _count_calls(calls, inference, "alpha_grads_many", "binary_many")]
+    r = experiment.run(c, os.path.join(args["tmp"], name))
+    for u in undo:
+      u()
+    out[name] = {"acc": r["accuracy_matrix"], "inf": r["task_inference_matrix"],
+                 "calls": calls}
+  out["learner"] = _sharded_learner_checks()
+  return out
+
+
+def case_nns_sharded(args):
+  """NNs on a ('data', 8) mesh (batch split, bank rows over the 8 devices) vs
+  one device; and the one-line refusal of a 'tasks' axis."""
+  from launch.configs import nns_permuted_mnist  # pylint: disable=import-outside-toplevel
+  from supsup_jax import experiment  # pylint: disable=import-outside-toplevel
+  from supsup_jax import sharded_inference as si  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name, mesh in (("one", (("data", 1),)), ("mesh", (("data", 8),))):
+    c = nns_permuted_mnist.get_config()
+    c.num_tasks, c.iterations_per_task, c.nns_check_every = 3, args["iterations"], 50
+    c.max_masks, c.eval_after_tasks, c.eval_batches_per_task = 16, (), 4
+    c.log_every_steps, c.mesh = 50, mesh
+    calls = {}
+    undo = _count_calls(calls, si, "oneshot_many", "dot")
+    r = experiment.run(c, os.path.join(args["tmp"], name))
+    undo()
+    out[name] = {k: r[k] for k in ("accuracy_matrix", "task_inference_matrix",
+                                   "masks_allocated", "mask_trained_on_task")}
+    out[name]["calls"] = calls
+  c.mesh = (("tasks", 2), ("data", 4))
+  try:
+    experiment.run(c, os.path.join(args["tmp"], "refused"))
+  except ValueError as e:
+    out["refusal"] = str(e)
+  return out
+
+
 def case_multihost(args):
   """One process of a two-process GG run; process ``crash_after_saves`` > 0
   dies (SIGKILL) right after that many checkpoints."""
@@ -282,6 +416,51 @@ def test_sharded_inference_matches_unsharded(tmp_path):
   assert out["binary"] == out["binary_ref"]
   assert len(set(out["oneshot"])) > 1  # distinct answers: the identity is not vacuous
   assert not out["all_gather_in_bank_pass"]  # the rows never leave their device
+
+
+def test_gn_on_a_mesh_infers_where_the_bank_rows_are(tmp_path):
+  _needs_mnist()
+  out = _run_case("gn_sharded", tmp_path)
+  one, mesh = out["one"], out["mesh"]
+  # The same numbers: inference sums the bank pass per shard (float order
+  # only), training splits each batch over 'data' (float order only).
+  assert mesh["acc"] == one["acc"], (one, mesh)
+  assert mesh["inf"] == one["inf"], (one, mesh)
+  assert len(one["inf"]) == 2 and len(set(one["inf"][-1])) > 1  # not vacuous
+  # Which path ran: one device, inference.*; the mesh, sharded_inference.*
+  # on a bank whose 64 rows are split 8 per device (kept so by end_task).
+  assert one["calls"].get("alpha_grads_many", 0) > 0 and "oneshot_many" not in one["calls"]
+  assert mesh["calls"].get("oneshot_many", 0) > 0, mesh["calls"]
+  assert "alpha_grads_many" not in mesh["calls"], mesh["calls"]
+  assert mesh["calls"]["oneshot_many_rows"] == [[8, 34400]]
+  lr = out["learner"]
+  assert lr["row_spec"] == "P(('tasks', 'data'), None)" and lr["row_shard_shapes"] == [
+      [8, 33275]]
+  assert lr["rows_mesh"] and not lr["rows_mesh_one"]
+  assert lr["rows_equal"] and lr["counts_equal"] and lr["reopen_equal"]
+  assert lr["logits_diff"] <= 1e-5
+  assert lr["oneshot_sharded"] == lr["oneshot_one"] and len(set(lr["oneshot_one"])) > 1
+  assert lr["binary_sharded"] == lr["binary_one"] and len(set(lr["binary_one"])) > 1
+  assert lr["detect_sharded"] == lr["detect_one"]
+  assert not lr["all_gather_end_task"] and not lr["all_gather_logits"]
+
+
+def test_nns_on_a_data_mesh_matches_one_device(tmp_path):
+  _needs_mnist()
+  out = _run_case("nns_sharded", tmp_path, iterations=150)
+  one, mesh = out["one"], out["mesh"]
+  assert one["masks_allocated"] == mesh["masks_allocated"] == 3
+  assert one["mask_trained_on_task"] == mesh["mask_trained_on_task"] == [0, 1, 2]
+  assert one["task_inference_matrix"] == mesh["task_inference_matrix"]
+  # Data-parallel training sums each batch's loss in another order; RMSprop
+  # (the NNs config) carries that noise a little further than SGD.
+  for a, b in zip(one["accuracy_matrix"][-1], mesh["accuracy_matrix"][-1]):
+    assert abs(a - b) <= 0.03, (one, mesh)
+  assert min(one["accuracy_matrix"][-1]) > 0.8
+  # Detection and evaluation went through the sharded bank (8 rows per device).
+  assert mesh["calls"].get("dot", 0) > 0 and mesh["calls"].get("oneshot_many", 0) > 0
+  assert mesh["calls"]["oneshot_many_rows"] == [[8, 39400]] and not one["calls"]
+  assert out["refusal"].startswith("NNs trains one mask at a time") and "\n" not in out["refusal"]
 
 
 def _free_port() -> int:

@@ -84,8 +84,8 @@ class TransferTest(absltest.TestCase):
 
   def test_transfer_starts_from_mean_of_earlier_scores(self):
     c = _permuted_config(num_tasks=3, iterations=30)
-    c.transfer = True
-    c.keep_scores = True
+    c.supsup.transfer = True
+    c.supsup.keep_scores = True
     workdir = self.create_tempdir().full_path
     experiment.run(c, workdir)
     setup = experiment.build(c)

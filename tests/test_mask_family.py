@@ -177,10 +177,9 @@ def test_packnet_frozen_weights_bit_identical_and_no_forgetting():
 
 
 def test_packnet_bad_prune_fraction():
-  import ml_collections  # pylint: disable=import-outside-toplevel
   from supsup_jax.methods import packnet  # pylint: disable=import-outside-toplevel
-  with pytest.raises(ValueError, match="packnet_prune_fraction"):
-    packnet._check(ml_collections.ConfigDict({"packnet_prune_fraction": 1.0}), 3)
+  with pytest.raises(ValueError, match=r"^config.packnet.prune_fraction must be in \[0, 1\)"):
+    packnet.check_options(1.0, 0.7, 3, prefix="config.packnet.")
 
 
 # ------------------------------------------------------------------ PAC-Net --

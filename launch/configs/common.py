@@ -24,7 +24,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.sparsity = 0.5               # top-k keep fraction k
   c.er_sparsity = 0.0            # > 0: ER per-layer budget with this s
   c.fast_conv = True             # CPU: supsup_jax.conv's custom VJP (XLA's conv gradients are slow in scans)
-  c.transfer = False             # init scores from the mean of earlier tasks'
   # Optimisation.
   c.optimizer = "rmsprop"        # rmsprop | adam | sgd
   c.learning_rate = 1e-4
@@ -45,20 +44,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.inference_objective = "entropy"   # entropy (H) | g (G)
   c.inference_examples = 1       # images per batch used to infer; 0 = all
   c.per_example_inference = False
+  # Each method's own options, read (and validated) by that method only.
+  c.supsup = ml_collections.ConfigDict()
+  c.supsup.transfer = False      # init scores from the mean of earlier tasks'
+  c.supsup.keep_scores = True    # also keep each task's real scores in memory
   # Methods that train weights (baselines, PackNet).
-  c.trained_init = "kaiming_normal"  # init of trained weights
-  c.weight_learning_rate = 0.0   # 0 -> learning_rate; steps that train weights
-  c.adapt_learning_rate = 1e-2   # BatchE factors / separate heads after task 1
-  c.adapt_optimizer = "adam"     # separate heads and BatchE (authors' code)
-  c.abatche_inference = "entropy"  # entropy | oneshot
-  c.packnet_prune_fraction = -1.0  # < 0: an even split of the weights over tasks
-  c.packnet_prune_at = 0.7       # fraction of a task's steps before pruning
+  c.trained_net = ml_collections.ConfigDict()
+  c.trained_net.init = "kaiming_normal"       # init of trained weights
+  c.trained_net.weight_learning_rate = 0.0    # 0 -> learning_rate; steps that train weights
+  c.trained_net.adapt_learning_rate = 1e-2    # BatchE factors / separate heads after task 1
+  c.trained_net.adapt_optimizer = "adam"      # separate heads and BatchE (authors' code)
+  c.abatche = ml_collections.ConfigDict()
+  c.abatche.inference = "entropy"             # entropy | oneshot
+  c.packnet = ml_collections.ConfigDict()
+  c.packnet.prune_fraction = -1.0  # < 0: an even split of the weights over tasks
+  c.packnet.prune_at = 0.7         # fraction of a task's steps before pruning
   # NNs (no task identity): detection of new data.
   c.nns_check_every = 100        # batches between decisions
   c.max_masks = 2500             # cap on allocated masks
   c.compare_objectives = ()      # also report task inference with these objectives
   # Bookkeeping.
-  c.keep_scores = True           # also keep each task's real scores in memory
   c.log_every_steps = 250
   c.checkpoint_every_steps = 0   # 0 = only after each task
   c.checkpoint_every_minutes = 0.0  # > 0: at a task end only this often

@@ -6,7 +6,7 @@ tfds dataset and a GPU:
   python -m launch.main --config=launch/configs/gg_split_cifar100.py \
       --workdir=runs/gg_split_cifar100_s8 --config.er_sparsity=8
 The sparsity sweep {1, 2, 4, 8, 16, 32} is --config.er_sparsity=<s>; SupSup
-Transfer is --config.transfer=True.
+Transfer is --config.supsup.transfer=True.
 """
 from launch.configs import common
 
@@ -31,5 +31,5 @@ def get_config():
   c.test_batch_size = 500
   c.eval_after_tasks = (1, 5, 10, 15, 20)
   c.log_every_steps = 100
-  c.keep_scores = False
+  c.supsup.keep_scores = False
   return c

@@ -30,5 +30,5 @@ def get_config():
   c.test_batch_size = 250
   c.eval_after_tasks = (1, 25, 50, 75, 100)
   c.log_every_steps = 100
-  c.keep_scores = False
+  c.supsup.keep_scores = False
   return c

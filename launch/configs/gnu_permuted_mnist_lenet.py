@@ -25,6 +25,6 @@ def get_config():
   c.inference_objective = "entropy"
   c.inference_examples = 1
   c.eval_after_tasks = (10, 50, 100, 150, 200, 250)
-  c.keep_scores = False
+  c.supsup.keep_scores = False
   c.log_every_steps = 500
   return c

@@ -28,6 +28,6 @@ def get_config():
   # Binary inference re-runs the superposed FC 1024-1024 per round and batch;
   # 20 test batches (2,560 images) per task keep the evaluation to minutes.
   c.eval_batches_per_task = 20
-  c.keep_scores = False
+  c.supsup.keep_scores = False
   c.log_every_steps = 500
   return c

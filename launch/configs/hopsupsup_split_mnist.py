@@ -12,10 +12,12 @@ Store SplitMNIST and Split Fashion-MNIST (10 masks per layer) and sweep the
 number of synthetic masks for the store's capacity:
   python -m launch.main --config=launch/configs/hopsupsup_split_mnist.py \
       --workdir=runs/hopsupsup_mnist_fashion \
-      --config.extra_datasets='("split_fashion_mnist",)' \
-      --config.capacity_sweep='(400,800,1200,1600,2400)' \
-      --config.store_load_sweep='(20,50,100,200,400)'
+      --config.study.extra_datasets='("split_fashion_mnist",)' \
+      --config.study.capacity_sweep='(400,800,1200,1600,2400)' \
+      --config.study.store_load_sweep='(20,50,100,200,400)'
 """
+import ml_collections
+
 from launch.configs import common
 
 
@@ -41,14 +43,17 @@ def get_config():
   c.iterations_per_task = 0
   c.epochs_per_task = 1.0
   # Hopfield store and recovery.
-  c.hopfield_rule = "storkey"               # storkey (authors' code) | hebbian (paper text)
-  c.recovery_gamma = 1.5e-3
-  c.recovery_learning_rate = 500.0
-  c.recovery_momentum = 0.9
-  c.recovery_weight_decay = 1e-4            # the authors' optimizer keeps args.wd
-  c.recovery_batch_size = 64
-  c.recovery_batches = 0                    # 0 = every full test batch of the task
-  c.extra_datasets = ()                     # e.g. ("split_fashion_mnist",): more tasks in the store
-  c.capacity_sweep = ()                     # numbers of synthetic masks: energy-only recall
-  c.store_load_sweep = ()                   # extra synthetic masks stored before a full recovery
+  c.hopfield = ml_collections.ConfigDict()  # read by supsup_jax.methods.hopsupsup
+  c.hopfield.rule = "storkey"               # storkey (authors' code) | hebbian (paper text)
+  c.hopfield.gamma = 1.5e-3
+  c.hopfield.learning_rate = 500.0
+  c.hopfield.momentum = 0.9
+  c.hopfield.weight_decay = 1e-4            # the authors' optimizer keeps args.wd
+  # The runner's own keys (supsup_jax/runs/hopsupsup.py).
+  c.study = ml_collections.ConfigDict()
+  c.study.recovery_batch_size = 64          # test images per recovery step
+  c.study.recovery_batches = 0              # 0 = every full test batch of the task
+  c.study.extra_datasets = ()               # e.g. ("split_fashion_mnist",): more tasks in the store
+  c.study.capacity_sweep = ()               # numbers of synthetic masks: energy-only recall
+  c.study.store_load_sweep = ()             # extra synthetic masks stored before a full recovery
   return c

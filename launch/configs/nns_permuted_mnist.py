@@ -34,7 +34,7 @@ def get_config():
   c.inference_examples = 1
   c.eval_after_tasks = (10, 50, 100, 250, 500, 1000, 1500, 2000, 2500)
   c.eval_batches_per_task = 10
-  c.keep_scores = False
+  c.supsup.keep_scores = False
   c.log_every_steps = 500
   # The bank holds max_masks rows (98.5 MB at 2500): save it every 10 minutes
   # at a task end (and after each evaluation), not after every task.

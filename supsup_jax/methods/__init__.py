@@ -4,6 +4,13 @@ Each entry maps a method name to ``"module:function"`` where
 ``function(config, stream) -> supsup_jax.learner.Learner`` builds the learner
 for an experiment config and its data stream. Modules are imported only when
 chosen.
+
+Each module's ``make(...)`` builds its learner from keyword arguments alone (a
+Flax model, initial weights or a seed, an optax optimizer, sizes and the
+method's options), e.g. in a notebook; ``from_config`` only reads the config's
+common keys and the method's own sub-config (``config.supsup``,
+``config.trained_net``, ``config.abatche``, ``config.packnet``,
+``config.hopfield``) and calls ``make``.
 """
 from __future__ import annotations
 

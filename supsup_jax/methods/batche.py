@@ -18,11 +18,12 @@ As in SupSup's comparison (Wortsman, Ramanujan et al. 2020, arXiv
 first task (``batche``), or stays random and is never trained
 (``batche_randw``); afterwards each task trains only its own r_t, s_t, which
 start at random ±1; per-task batch-norm statistics; Adam
-(``adapt_optimizer``), task 1 at ``weight_learning_rate`` and later factors at
-``adapt_learning_rate`` (1e-2 in the authors' MNIST scripts).
+(``config.trained_net.adapt_optimizer``), task 1 at ``.weight_learning_rate``
+and later factors at ``.adapt_learning_rate`` (1e-2 in the authors' MNIST
+scripts).
 
 ``abatche`` also infers the task at test time (GN scenarios), chosen by
-``config.abatche_inference``:
+``config.abatche.inference``:
 
   * "entropy": run every learned member and take the one whose outputs have
     the lowest mean entropy (the paper's ABatchE);
@@ -38,7 +39,9 @@ import jax.numpy as jnp
 
 from supsup_jax import masks as masks_lib
 from supsup_jax import tree as tree_lib
+from supsup_jax import weights as weights_lib
 from supsup_jax.learner import Learner
+from supsup_jax.methods import options
 from supsup_jax.methods import trained_net
 
 INFERENCE = ("entropy", "oneshot")
@@ -91,21 +94,53 @@ def mean_entropy(logits: jax.Array) -> jax.Array:
   return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1), axis=-1)
 
 
-def _make(config, stream, name: str, random_w: bool, infer: str | None) -> Learner:
-  if not random_w:
-    trained_net.check_sequential(config, name)
-  net = trained_net.build_net(config, stream)
-  weight_lr, adapt_lr = trained_net.learning_rates(config)
-  optimizer = trained_net.make_optimizer(config, net,
-                                         config.get("adapt_optimizer", "adam"))
-  factor_key = jax.random.fold_in(jax.random.key(int(config.seed)), _SALT)
+def make(model, weights, optimizer, *, input_shape, num_classes: int, capacity: int,
+         learning_rate: float, adapt_learning_rate: float = 1e-2, seed: int = 0,
+         random_w: bool = False, inference: str | None = None, batch_stats=None,
+         init: str = "kaiming_normal") -> Learner:
+  """BatchE (or BatchE-randW, or ABatchE) over ``model``'s Dense/Conv kernels.
+
+  Args:
+    model: Flax module, images ``[B, *input_shape]`` -> logits
+      ``[B, num_outputs]``, num_outputs >= num_classes.
+    weights: initial ``params`` tree, or an int seed drawing it with ``init``.
+    optimizer: optax update rule at unit learning rate, e.g.
+      ``optax.adam(1.0)`` (the authors train with Adam); the rates below
+      scale its updates.
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    num_classes: real classes per task (accuracy over the first outputs).
+    capacity: task slots (members: factors and batch-norm statistics).
+    learning_rate: the rate of task 1, which trains W and its factors (> 0).
+    adapt_learning_rate: the rate of each later task's factors (> 0).
+    seed: seeds the random ±1 factors (member t from ``(seed, t)``).
+    random_w: ``batche_randw``: W stays random; every task trains only its
+      factors at ``adapt_learning_rate``.
+    inference: None (the task is given), or ``abatche``'s task inference:
+      "entropy" or "oneshot" (module docstring).
+    batch_stats: initial batch-norm statistics (None: the model's own).
+    init: weight initialisation when ``weights`` is a seed.
+
+  Returns:
+    The learner; memory ``{"params": W, "factors": {"r": [capacity, in],
+    "s": [capacity, out]} per kernel, "batch_stats": [capacity, ...] per
+    leaf}``; ``infer_task`` set when ``inference`` is.
+  """
+  infer = None if inference is None else options.choice("inference", inference, INFERENCE)
+  options.flag("random_w", random_w)
+  name = "abatche" if infer else ("batche_randw" if random_w else "batche")
+  net = trained_net.make_net(model, weights, input_shape=input_shape,
+                             num_classes=num_classes, capacity=capacity,
+                             batch_stats=batch_stats, init=init)
+  weight_lr = trained_net.check_rate("learning_rate", learning_rate)
+  adapt_lr = trained_net.check_rate("adapt_learning_rate", adapt_learning_rate)
+  factor_key = jax.random.fold_in(jax.random.key(weights_lib.check_seed(seed)), _SALT)
 
   def init_memory():
     factors = [init_factors(net.params, jax.random.fold_in(factor_key, t))
-               for t in range(net.num_tasks)]
+               for t in range(net.capacity)]
     return {"params": net.params,
             "factors": jax.tree.map(lambda *xs: jnp.stack(xs), *factors),
-            "batch_stats": trained_net.stack(net.batch_stats, net.num_tasks)}
+            "batch_stats": trained_net.stack(net.batch_stats, net.capacity)}
 
   def init_task(memory, task_id, key):
     del key
@@ -153,7 +188,7 @@ def _make(config, stream, name: str, random_w: bool, infer: str | None) -> Learn
 
   @jax.jit
   def infer_oneshot(memory, num_learned, images_many):
-    learned = jnp.arange(net.num_tasks) < num_learned
+    learned = jnp.arange(net.capacity) < num_learned
     alphas = learned.astype(jnp.float32) / num_learned
     # Batch norm of the superposed model: the α-mixture of the members' statistics.
     stats = jax.tree.map(lambda x: jnp.tensordot(alphas, x, axes=1), memory["batch_stats"])
@@ -183,7 +218,7 @@ def _make(config, stream, name: str, random_w: bool, infer: str | None) -> Learn
     out = {"method": name, "bytes_per_task": per_task, "bytes_shared": shared,
            "trains_weights": True}
     if infer:
-      out["abatche_inference"] = infer
+      out["abatche_inference"] = infer  # a results field, not a config key
     return out
 
   return Learner(name=name, num_classes=net.num_classes,
@@ -195,22 +230,28 @@ def _make(config, stream, name: str, random_w: bool, infer: str | None) -> Learn
 
 
 def from_config(config, stream) -> Learner:
-  """BatchE, W trained on task 1. Keys read: the common ones,
-  ``trained_init``, ``weight_learning_rate``, ``adapt_learning_rate``,
-  ``adapt_optimizer``."""
-  return _make(config, stream, "batche", random_w=False, infer=None)
+  """BatchE, W trained on task 1. Keys read: the common ones and
+  ``config.trained_net`` (``init``, ``weight_learning_rate``,
+  ``adapt_learning_rate``, ``adapt_optimizer``)."""
+  trained_net.check_sequential(config, "batche")
+  return make(**trained_net.config_kwargs(config, stream, adapt=True),
+              seed=int(config.seed))
 
 
 def from_config_randw(config, stream) -> Learner:
   """BatchE over a random W that never trains (keys as :func:`from_config`)."""
-  return _make(config, stream, "batche_randw", random_w=True, infer=None)
+  return make(**trained_net.config_kwargs(config, stream, adapt=True),
+              seed=int(config.seed), random_w=True)
+
+
+ABATCHE_DEFAULTS = {"inference": "entropy"}
 
 
 def from_config_abatche(config, stream) -> Learner:
   """ABatchE: BatchE (W trained on task 1) that infers the task; also reads
-  ``abatche_inference`` ("entropy" default, or "oneshot")."""
-  infer = config.get("abatche_inference", "entropy")
-  if infer not in INFERENCE:
-    raise ValueError(f"config.abatche_inference {infer!r} unknown; allowed: "
-                     f"{', '.join(INFERENCE)}")
-  return _make(config, stream, "abatche", random_w=False, infer=infer)
+  ``config.abatche.inference`` ("entropy" default, or "oneshot")."""
+  infer = options.part(config, "abatche", ABATCHE_DEFAULTS)["inference"]
+  options.choice("config.abatche.inference", infer, INFERENCE)
+  trained_net.check_sequential(config, "abatche")
+  return make(**trained_net.config_kwargs(config, stream, adapt=True),
+              seed=int(config.seed), inference=infer)

@@ -25,6 +25,7 @@ the task's whole test stream instead).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -35,6 +36,7 @@ import optax
 from supsup_jax import hopfield
 from supsup_jax.learner import Learner
 from supsup_jax.masks import threshold_mask
+from supsup_jax.methods import options
 from supsup_jax.training import make_optimizer
 from supsup_jax.weights import init_weights
 
@@ -69,6 +71,8 @@ def entropy(logits: jax.Array) -> jax.Array:
 
 
 class RecoveryConfig(NamedTuple):
+  """Recovery: SGD (momentum, L2 weight decay) at ``learning_rate`` on
+  ``(1 - b/B) H + gamma (b/B) E`` (module docstring)."""
   gamma: float = 1.5e-3
   learning_rate: float = 500.0
   momentum: float = 0.9
@@ -135,7 +139,25 @@ def build(*, hidden: Sequence[int] = (2048, 2048), num_outputs: int = 10,
           weight_decay: float = 1e-4, rule: str = "storkey",
           recovery: RecoveryConfig = RecoveryConfig(),
           recovery_batch_size: int = 64) -> tuple[Learner, Parts]:
-  """The HopSupSup learner and its extra functions (see :class:`Parts`)."""
+  """The HopSupSup learner and its extra functions.
+
+  Args:
+    hidden: widths of the hidden (gain-masked, batch-normed) layers.
+    num_outputs: output width (>= num_classes).
+    num_classes: real classes per task (accuracy over the first outputs).
+    seed: seeds the fixed weights (drawn with ``init``).
+    init: weight initialisation (:data:`supsup_jax.weights.INITS`).
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    optimizer, learning_rate, momentum, weight_decay: training of the gain
+      scores (:func:`supsup_jax.training.make_optimizer`).
+    rule: Hopfield learning rule, "storkey" or "hebbian".
+    recovery: the test-time recovery's settings.
+    recovery_batch_size: images per recovery step in ``logits`` (>= 2).
+
+  Returns:
+    ``(learner, parts)``: the learner (memory ``{"weights", "stores": one
+    Hopfield store [d_l, d_l] per hidden layer}``) and :class:`Parts`.
+  """
   hidden = tuple(int(w) for w in hidden)
   if not hidden or min(hidden) < 1:
     raise ValueError(f"hidden widths must be >= 1, got {hidden!r}")
@@ -263,14 +285,46 @@ def build(*, hidden: Sequence[int] = (2048, 2048), num_outputs: int = 10,
   return learner, parts
 
 
-def recovery_config(config: Any) -> RecoveryConfig:
-  return RecoveryConfig(gamma=float(config.get("recovery_gamma", 1.5e-3)),
-                        learning_rate=float(config.get("recovery_learning_rate", 500.0)),
-                        momentum=float(config.get("recovery_momentum", 0.9)),
-                        weight_decay=float(config.get("recovery_weight_decay", 1e-4)))
+def make(*, hidden: Sequence[int] = (2048, 2048), num_outputs: int = 10,
+         num_classes: int = 10, seed: int = 0, init: str = "signed_constant",
+         input_shape: Sequence[int] = (28, 28, 1), optimizer: str = "sgd",
+         learning_rate: float = 0.1, momentum: float = 0.9,
+         weight_decay: float = 1e-4, rule: str = "storkey",
+         recovery: RecoveryConfig = RecoveryConfig(),
+         recovery_batch_size: int = 64) -> Learner:
+  """The HopSupSup learner alone (:func:`build`'s first value; same arguments)."""
+  return build(hidden=hidden, num_outputs=num_outputs, num_classes=num_classes, seed=seed,
+               init=init, input_shape=input_shape, optimizer=optimizer,
+               learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
+               rule=rule, recovery=recovery, recovery_batch_size=recovery_batch_size)[0]
+
+
+HOPFIELD_DEFAULTS = {
+    "rule": "storkey",        # the authors' code; "hebbian" is the paper text's
+    "gamma": 1.5e-3,          # weight of the energy term in recovery
+    "learning_rate": 500.0,   # recovery SGD
+    "momentum": 0.9,
+    "weight_decay": 1e-4,     # the authors' optimizer keeps args.wd
+}
+
+
+def read_config(config: Any) -> tuple[str, RecoveryConfig]:
+  """``config.hopfield`` validated: ``(rule, RecoveryConfig)``."""
+  part = options.part(config, "hopfield", HOPFIELD_DEFAULTS)
+  rule = options.choice("config.hopfield.rule", part["rule"], hopfield.RULES)
+  num = functools.partial(options.number, low=0)
+  return rule, RecoveryConfig(
+      gamma=num("config.hopfield.gamma", part["gamma"]),
+      learning_rate=num("config.hopfield.learning_rate", part["learning_rate"], low_open=True),
+      momentum=num("config.hopfield.momentum", part["momentum"]),
+      weight_decay=num("config.hopfield.weight_decay", part["weight_decay"]))
 
 
 def build_from_config(config: Any, stream: Any) -> tuple[Learner, Parts]:
+  """:func:`build` for an experiment config: the common keys and
+  ``config.hopfield`` (``rule``, ``gamma``, ``learning_rate``, ``momentum``,
+  ``weight_decay``)."""
+  rule, recovery = read_config(config)
   opts = config.get("model_options", {}) or {}
   num_outputs = int(config.get("num_outputs", 0)) or int(stream.num_classes)
   return build(hidden=tuple(opts.get("hidden", (2048, 2048))),
@@ -282,9 +336,10 @@ def build_from_config(config: Any, stream: Any) -> tuple[Learner, Parts]:
                learning_rate=float(config.get("learning_rate", 0.1)),
                momentum=float(config.get("momentum", 0.9)),
                weight_decay=float(config.get("weight_decay", 1e-4)),
-               rule=config.get("hopfield_rule", "storkey"),
-               recovery=recovery_config(config),
-               recovery_batch_size=int(config.get("recovery_batch_size", 64)))
+               rule=rule, recovery=recovery,
+               # logits recovers on chunks as large as the runner's recovery batches.
+               recovery_batch_size=int((config.get("study") or {}).get(
+                   "recovery_batch_size", 64)))
 
 
 def from_config(config: Any, stream: Any) -> Learner:

@@ -13,12 +13,28 @@ from supsup_jax.learner import Learner
 from supsup_jax.methods import trained_net
 
 
-def from_config(config, stream) -> Learner:
-  """Keys read: the common ones, ``trained_init``, ``weight_learning_rate``."""
-  trained_net.check_sequential(config, "lower_bound")
-  net = trained_net.build_net(config, stream)
-  weight_lr, _ = trained_net.learning_rates(config)
-  optimizer = trained_net.make_optimizer(config, net)
+def make(model, weights, optimizer, *, input_shape, num_classes: int,
+         learning_rate: float, batch_stats=None, init: str = "kaiming_normal") -> Learner:
+  """The lower bound: ``model`` fine-tuned on every task in turn.
+
+  Args:
+    model: Flax module, images ``[B, *input_shape]`` -> logits
+      ``[B, num_outputs]``, num_outputs >= num_classes.
+    weights: initial ``params`` tree, or an int seed drawing it with ``init``.
+    optimizer: optax update rule at unit learning rate (e.g.
+      ``optax.rmsprop(1.0)``); ``learning_rate`` scales its updates.
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    num_classes: real classes per task (accuracy over the first outputs).
+    learning_rate: the weights' learning rate (> 0).
+    batch_stats: initial batch-norm statistics (None: the model's own).
+    init: weight initialisation when ``weights`` is a seed.
+
+  Returns:
+    The learner; memory ``{"params", "batch_stats"}``: one network.
+  """
+  net = trained_net.make_net(model, weights, input_shape=input_shape,
+                             num_classes=num_classes, batch_stats=batch_stats, init=init)
+  weight_lr = trained_net.check_rate("learning_rate", learning_rate)
 
   def init_memory():
     return {"params": net.params, "batch_stats": net.batch_stats}
@@ -54,3 +70,12 @@ def from_config(config, stream) -> Learner:
                  train_step=trained_net.make_train_step(forward, optimizer, net.num_classes),
                  end_task=end_task, logits=logits, summary=summary,
                  trains_weights=True)
+
+
+def from_config(config, stream) -> Learner:
+  """The lower bound for an experiment config: the common keys and
+  ``config.trained_net`` (``init``, ``weight_learning_rate``)."""
+  trained_net.check_sequential(config, "lower_bound")
+  kwargs = trained_net.config_kwargs(config, stream)
+  del kwargs["capacity"]  # nothing is kept per task
+  return make(**kwargs)

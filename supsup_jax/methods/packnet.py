@@ -14,87 +14,53 @@ free weights; evaluation of task t uses exactly the weights owned by tasks
 Protocol fit: the prune happens inside ``train_step`` at a fixed step (a
 ``lax.cond`` on the step counter held in the task state; the step-by-step
 run loop and chunked checkpoints see the same trajectory). If
-``packnet_prune_at`` is 1.0 (or the task ran fewer steps than the prune
-step), ``end_task`` prunes instead and nothing is retrained.
+``prune_at`` is 1.0 (or the task ran fewer steps than the prune step),
+``end_task`` prunes instead and nothing is retrained.
 
-Config keys read (besides the common ones): ``packnet_prune_fraction``
+Config keys read (besides the common ones): ``config.packnet.prune_fraction``
 (fraction of a task's free weights released; negative (default) = an even
 split, task t keeps 1 / (num_tasks - t) of the free weights, the last task
-keeps all), ``packnet_prune_at`` (fraction of the task's steps before the
-prune, default 0.7: the paper trains, prunes, then retrains briefly),
-``trained_init`` (default "kaiming_normal"), ``weight_learning_rate``
-(default ``learning_rate``). Per-task batch-norm statistics are kept (as
-the paper does) when the model has batch norm.
+keeps all), ``config.packnet.prune_at`` (fraction of the task's steps before
+the prune, default 0.7: the paper trains, prunes, then retrains briefly),
+``config.trained_net.init`` (default "kaiming_normal") and
+``.weight_learning_rate`` (default ``config.learning_rate``). Per-task
+batch-norm statistics are kept (as the paper does) when the model has batch
+norm.
 """
 from __future__ import annotations
 
-import math
+import numbers
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import numpy as np
-
+from supsup_jax import learner as learner_lib
 from supsup_jax import masks as masks_lib
 from supsup_jax import models
 from supsup_jax import training
-from supsup_jax import weights as weights_lib
 from supsup_jax.learner import Learner
+from supsup_jax.methods import options
+from supsup_jax.methods import trained_net
 
 
-class _Net:
-  """The model, its initial (trained-style) weights and batch-norm statistics."""
-
-  def __init__(self, config, stream):
-    init = config.get("trained_init", "kaiming_normal")
-    if init not in weights_lib.INITS:
-      raise ValueError(f"config.trained_init {init!r} unknown; allowed: "
-                       f"{', '.join(weights_lib.INITS)}")
-    self.num_tasks = int(config.num_tasks)
-    if self.num_tasks < 1:
-      raise ValueError(f"config.num_tasks must be >= 1, got {config.num_tasks!r}")
-    if int(config.get("tasks_in_parallel") or 1) != 1:
-      raise ValueError("method 'packnet' trains tasks one after another; set "
-                       f"config.tasks_in_parallel=1 (got {config.tasks_in_parallel!r})")
-    self.num_classes = int(stream.num_classes)
-    num_outputs = int(config.get("num_outputs") or stream.num_classes)
-    if num_outputs < self.num_classes:
-      raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
-                       f"{self.num_classes} classes per task")
-    self.model = models.make_model(config.model, num_outputs,
-                                   **dict(config.get("model_options") or {}))
-    example = np.zeros((1, *stream.input_shape), np.float32)
-    self.params = weights_lib.init_weights(self.model, int(config.seed), example, init=init)
-    self.batch_stats = weights_lib.init_model_state(self.model, example).get("batch_stats", {})
-    if config.get("iterations_per_task"):
-      self.steps_per_task = int(config.iterations_per_task)
-    else:
-      epochs = float(config.get("epochs_per_task") or 0)
-      if epochs <= 0:
-        raise ValueError("set config.iterations_per_task or config.epochs_per_task "
-                         "to a positive number")
-      self.steps_per_task = int(math.ceil(epochs * stream.train_size(0) / config.batch_size))
-
-  def apply(self, params, batch_stats, images, train: bool):
-    """(logits [B, num_outputs], new batch_stats)."""
-    if not batch_stats:
-      return self.model.apply({"params": params}, images, train=train), batch_stats
-    variables = {"params": params, "batch_stats": batch_stats}
-    if train:
-      out, upd = self.model.apply(variables, images, train=True, mutable=["batch_stats"])
-      return out, upd["batch_stats"]
-    return self.model.apply(variables, images, train=False), batch_stats
+PACKNET_DEFAULTS = {
+    "prune_fraction": -1.0,  # < 0: an even split of the weights over tasks
+    "prune_at": 0.7,         # fraction of a task's steps before pruning
+}
 
 
-def _check(config, num_tasks: int) -> tuple[float, float]:
-  frac = float(config.get("packnet_prune_fraction", -1.0))
-  if frac >= 0 and not frac < 1.0 or math.isnan(frac):
-    raise ValueError(f"config.packnet_prune_fraction must be in [0, 1) (or negative for an "
-                     f"even split over tasks), got {frac!r}")
-  at = float(config.get("packnet_prune_at", 0.7))
-  if not 0.0 < at <= 1.0:
-    raise ValueError(f"config.packnet_prune_at must be in (0, 1], got {at!r}")
+def check_options(prune_fraction, prune_at, num_tasks, prefix: str = "") -> tuple[float, float]:
+  """``(prune_fraction, prune_at)`` as floats, or a one-line ValueError naming
+  ``prefix + key`` (e.g. ``config.packnet.prune_at``)."""
+  if isinstance(prune_fraction, bool) or not isinstance(prune_fraction, numbers.Real) \
+      or not prune_fraction < 1.0:  # also refuses NaN
+    raise ValueError(f"{prefix}prune_fraction must be in [0, 1) (or negative for an "
+                     f"even split over tasks), got {prune_fraction!r}")
+  frac = float(prune_fraction)
+  at = options.number(f"{prefix}prune_at", prune_at, low=0, high=1, low_open=True)
+  if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+    raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
   if num_tasks > 255:
     raise ValueError(f"PackNet stores owners in one byte: num_tasks must be <= 255, "
                      f"got {num_tasks}")
@@ -110,16 +76,39 @@ def free_topk(magnitude: jax.Array, free: jax.Array, n_keep: jax.Array) -> jax.A
   return keep.reshape(magnitude.shape) & free
 
 
-def from_config(config, stream) -> Learner:
-  """The registered entry point (``METHODS["packnet"]``): the common keys and
-  PackNet's prune fraction and prune point (see the module docstring)."""
-  net = _Net(config, stream)
-  num_tasks = net.num_tasks
-  frac, at = _check(config, num_tasks)
-  lr = float(config.get("weight_learning_rate") or config.learning_rate)
-  optimizer = training.make_optimizer(config.optimizer, lr, momentum=config.momentum,
-                                      weight_decay=config.weight_decay)
-  prune_step = int(round(at * net.steps_per_task))
+def make(model, weights, optimizer, *, input_shape, num_classes: int, num_tasks: int,
+         steps_per_task: int, prune_fraction: float = -1.0, prune_at: float = 0.7,
+         batch_stats=None, init: str = "kaiming_normal") -> Learner:
+  """PackNet over ``model``'s parameters.
+
+  Args:
+    model: Flax module, images ``[B, *input_shape]`` -> logits
+      ``[B, num_outputs]``, num_outputs >= num_classes.
+    weights: initial ``params`` tree, or an int seed drawing it with ``init``.
+    optimizer: optax optimizer, learning rate included (e.g.
+      ``optax.rmsprop(1e-4)``); its updates move only the free, kept weights.
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    num_classes: real classes per task (accuracy over the first outputs).
+    num_tasks: tasks to pack (1..255; sets the even split).
+    steps_per_task: train steps per task (the prune happens at
+      ``round(prune_at * steps_per_task)``).
+    prune_fraction: fraction of a task's free weights released, in [0, 1);
+      negative = an even split (task t keeps 1 / (num_tasks - t)).
+    prune_at: fraction of the task's steps before the prune, in (0, 1]
+      (1: ``end_task`` prunes and nothing is retrained).
+    batch_stats: initial batch-norm statistics (None: the model's own).
+    init: weight initialisation when ``weights`` is a seed.
+
+  Returns:
+    The learner; memory ``{"weights": params tree, "owner": uint8 tree of the
+    same shapes (0 free, t + 1 task t), "batch_stats": [num_tasks, ...] per
+    leaf}``.
+  """
+  frac, at = check_options(prune_fraction, prune_at, num_tasks)
+  net = trained_net.make_net(model, weights, input_shape=input_shape,
+                             num_classes=num_classes, capacity=num_tasks,
+                             batch_stats=batch_stats, init=init)
+  prune_step = int(round(at * int(steps_per_task)))
   kernels_only = dict(net.params)
 
   def prune_fraction(task_id):
@@ -173,7 +162,7 @@ def from_config(config, stream) -> Learner:
 
     def loss_fn(params):
       w = effective(memory, params, state["keep"], state["task_id"] + 1)
-      logits, stats = net.apply(w, state["batch_stats"], images, True)
+      logits, stats = trained_net.apply(net, w, state["batch_stats"], images, True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, (logits, stats)
 
@@ -210,7 +199,7 @@ def from_config(config, stream) -> Learner:
                                              jnp.zeros_like(wm)),
                      memory["weights"], memory["owner"])
     stats = jax.tree.map(lambda x: x[task_id], memory["batch_stats"])
-    return net.apply(w, stats, images, False)[0]
+    return trained_net.apply(net, w, stats, images, False)[0]
 
   n_weights = sum(int(x.size) for x in jax.tree.leaves(kernels_only))
   stats_bytes = 4 * sum(int(x.size) for x in jax.tree.leaves(net.batch_stats))
@@ -230,4 +219,32 @@ def from_config(config, stream) -> Learner:
   return Learner(name="packnet", num_classes=net.num_classes, init_memory=init_memory,
                  init_task=init_task, train_step=train_step, end_task=end_task,
                  logits=logits, summary=summary, trains_weights=True)
+
+
+def from_config(config, stream) -> Learner:
+  """PackNet for an experiment config: the common keys, ``config.packnet``
+  (``prune_fraction``, ``prune_at``) and ``config.trained_net`` (``init``,
+  ``weight_learning_rate``)."""
+  part = options.part(config, "packnet", PACKNET_DEFAULTS)
+  trained = trained_net.read_config(config)
+  num_tasks = int(config.num_tasks)
+  if num_tasks < 1:
+    raise ValueError(f"config.num_tasks must be >= 1, got {config.num_tasks!r}")
+  trained_net.check_sequential(config, "packnet")
+  check_options(part["prune_fraction"], part["prune_at"], num_tasks, prefix="config.packnet.")
+  num_outputs = int(config.get("num_outputs") or stream.num_classes)
+  if num_outputs < stream.num_classes:
+    raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
+                     f"{stream.num_classes} classes per task")
+  # XLA's own conv (not supsup_jax.conv), as PackNet has always run.
+  model = models.make_model(config.model, num_outputs,
+                            **dict(config.get("model_options") or {}))
+  optimizer = training.make_optimizer(config.optimizer, trained["weight_learning_rate"],
+                                      momentum=config.momentum,
+                                      weight_decay=config.weight_decay)
+  return make(model, int(config.seed), optimizer, input_shape=tuple(stream.input_shape),
+              num_classes=int(stream.num_classes), num_tasks=num_tasks,
+              steps_per_task=learner_lib.steps_per_task(config, stream),
+              prune_fraction=part["prune_fraction"], prune_at=part["prune_at"],
+              init=trained["init"])
 

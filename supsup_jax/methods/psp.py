@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from supsup_jax import tree as tree_lib
+from supsup_jax import weights as weights_lib
 from supsup_jax.learner import Learner
 from supsup_jax.methods import trained_net
 
@@ -102,13 +103,34 @@ def bind_kernel_from_key(key: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.moveaxis(out, 0, -2)
 
 
-def from_config(config, stream) -> Learner:
-  """Keys read: the common ones, ``trained_init``, ``weight_learning_rate``."""
-  trained_net.check_sequential(config, "psp")
-  net = trained_net.build_net(config, stream)
-  weight_lr, _ = trained_net.learning_rates(config)
-  optimizer = trained_net.make_optimizer(config, net)
-  seed = int(config.seed)
+def make(model, weights, optimizer, *, input_shape, num_classes: int, capacity: int,
+         learning_rate: float, seed: int = 0, batch_stats=None,
+         init: str = "kaiming_normal") -> Learner:
+  """PSP over ``model``: one W trained on every task, task t's inputs bound to C_t.
+
+  Args:
+    model: Flax module, images ``[B, *input_shape]`` -> logits
+      ``[B, num_outputs]``, num_outputs >= num_classes.
+    weights: initial ``params`` tree, or an int seed drawing it with ``init``.
+    optimizer: optax update rule at unit learning rate (e.g.
+      ``optax.rmsprop(1.0)``); ``learning_rate`` scales its updates.
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    num_classes: real classes per task (accuracy over the first outputs).
+    capacity: task slots (batch-norm statistics kept per task).
+    learning_rate: the weights' learning rate (> 0).
+    seed: seeds the contexts (C_t of a layer from ``(seed, t, path)``).
+    batch_stats: initial batch-norm statistics (None: the model's own).
+    init: weight initialisation when ``weights`` is a seed.
+
+  Returns:
+    The learner; memory ``{"params": W, "batch_stats": [capacity, ...] per
+    leaf}`` (the contexts are recomputed from the seed, never stored).
+  """
+  net = trained_net.make_net(model, weights, input_shape=input_shape,
+                             num_classes=num_classes, capacity=capacity,
+                             batch_stats=batch_stats, init=init)
+  weight_lr = trained_net.check_rate("learning_rate", learning_rate)
+  seed = weights_lib.check_seed(seed)
   kernels = tree_lib.flatten(tree_lib.maskable_subtree(net.params))
 
   def contexts(task_id) -> dict:
@@ -131,7 +153,7 @@ def from_config(config, stream) -> Learner:
 
   def init_memory():
     return {"params": net.params,
-            "batch_stats": trained_net.stack(net.batch_stats, net.num_tasks)}
+            "batch_stats": trained_net.stack(net.batch_stats, net.capacity)}
 
   def init_task(memory, task_id, key):
     del key
@@ -175,3 +197,10 @@ def from_config(config, stream) -> Learner:
                  init_memory=init_memory, init_task=init_task, train_step=train_step,
                  end_task=end_task, logits=logits, summary=summary,
                  trains_weights=True)
+
+
+def from_config(config, stream) -> Learner:
+  """PSP for an experiment config: the common keys and ``config.trained_net``
+  (``init``, ``weight_learning_rate``); the contexts from ``config.seed``."""
+  trained_net.check_sequential(config, "psp")
+  return make(**trained_net.config_kwargs(config, stream), seed=int(config.seed))

@@ -7,36 +7,61 @@ layer (and its own batch-norm statistics). ``separate_heads_randw``: the
 trunk is random and never trained (so a seed stores it); every task trains
 only its head. In the authors' code the heads train with Adam at lr 1e-2 and
 the first task's weights at the weight learning rate; here
-``adapt_optimizer`` (default "adam"), ``adapt_learning_rate`` (default 1e-2)
-and ``weight_learning_rate`` (default ``learning_rate``).
+``config.trained_net.adapt_optimizer`` (default "adam"),
+``.adapt_learning_rate`` (default 1e-2) and ``.weight_learning_rate``
+(default ``config.learning_rate``).
 
 Every task's head starts from the same initial head (drawn from the seed), as
 each per-task copy is made from the initial layer in the authors' code.
 """
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 from supsup_jax.learner import Learner
+from supsup_jax.methods import options
 from supsup_jax.methods import trained_net
 
 
-def _make(config, stream, random_trunk: bool) -> Learner:
+def make(model, weights, optimizer, *, input_shape, num_classes: int, capacity: int,
+         learning_rate: float, adapt_learning_rate: float = 1e-2,
+         random_trunk: bool = False, batch_stats=None,
+         init: str = "kaiming_normal") -> Learner:
+  """Separate heads over ``model``'s trunk (its last Dense/Conv is the head).
+
+  Args:
+    model: Flax module, images ``[B, *input_shape]`` -> logits
+      ``[B, num_outputs]`` from a final Dense or Conv layer.
+    weights: initial ``params`` tree, or an int seed drawing it with ``init``.
+    optimizer: optax update rule at unit learning rate, e.g.
+      ``optax.adam(1.0)`` (the authors train with Adam); the rates below
+      scale its updates.
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    num_classes: real classes per task (accuracy over the first outputs).
+    capacity: task slots (heads and batch-norm statistics kept).
+    learning_rate: the rate of task 1, which trains trunk and head (> 0).
+    adapt_learning_rate: the rate of each later task's head (> 0).
+    random_trunk: ``separate_heads_randw``: the trunk stays random and every
+      task trains only its head at ``adapt_learning_rate``.
+    batch_stats: initial batch-norm statistics (None: the model's own).
+    init: weight initialisation when ``weights`` is a seed.
+
+  Returns:
+    The learner; memory ``{"params": trunk and initial head, "heads":
+    [capacity, *head shape], "batch_stats": [capacity, ...] per leaf}``.
+  """
   name = "separate_heads_randw" if random_trunk else "separate_heads"
-  if not random_trunk:
-    trained_net.check_sequential(config, name)
-  net = trained_net.build_net(config, stream)
-  weight_lr, adapt_lr = trained_net.learning_rates(config)
-  optimizer = trained_net.make_optimizer(config, net,
-                                         config.get("adapt_optimizer", "adam"))
+  net = trained_net.make_net(model, weights, input_shape=input_shape,
+                             num_classes=num_classes, capacity=capacity,
+                             batch_stats=batch_stats, init=init)
+  weight_lr = trained_net.check_rate("learning_rate", learning_rate)
+  adapt_lr = trained_net.check_rate("adapt_learning_rate", adapt_learning_rate)
+  options.flag("random_trunk", random_trunk)
   head = trained_net.head_path(net)
   initial_head = trained_net.get_leaf(net.params, head)
 
   def init_memory():
     return {"params": net.params,
-            "heads": trained_net.stack(initial_head, net.num_tasks),
-            "batch_stats": trained_net.stack(net.batch_stats, net.num_tasks)}
+            "heads": trained_net.stack(initial_head, net.capacity),
+            "batch_stats": trained_net.stack(net.batch_stats, net.capacity)}
 
   def init_task(memory, task_id, key):
     del key
@@ -89,11 +114,13 @@ def _make(config, stream, random_trunk: bool) -> Learner:
 
 
 def from_config(config, stream) -> Learner:
-  """Trunk trained on task 1. Keys read: the common ones, ``trained_init``,
-  ``weight_learning_rate``, ``adapt_learning_rate``, ``adapt_optimizer``."""
-  return _make(config, stream, random_trunk=False)
+  """Trunk trained on task 1. Keys read: the common ones and
+  ``config.trained_net`` (``init``, ``weight_learning_rate``,
+  ``adapt_learning_rate``, ``adapt_optimizer``)."""
+  trained_net.check_sequential(config, "separate_heads")
+  return make(**trained_net.config_kwargs(config, stream, adapt=True))
 
 
 def from_config_randw(config, stream) -> Learner:
   """Random trunk, never trained. Keys read: as :func:`from_config`."""
-  return _make(config, stream, random_trunk=True)
+  return make(**trained_net.config_kwargs(config, stream, adapt=True), random_trunk=True)

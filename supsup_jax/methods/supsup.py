@@ -18,6 +18,12 @@ memory (fixed shapes, ``capacity`` task slots)::
    "score_sum": sum of finished tasks' scores (transfer),
    "kept_scores": [capacity, ...] scores (only with keep_scores)}
 
+On a mesh of several devices (``place_memory``) the bank's rows are split
+over all of them and the rest is replicated; task inference and new-task
+detection then run where the rows are (:mod:`supsup_jax.sharded_inference`,
+chosen at call time from the rows' sharding), and ``end_task``/``logits``
+touch only the owner's row.
+
 task_state: :class:`supsup_jax.training.TaskState`.
 """
 from __future__ import annotations
@@ -28,15 +34,18 @@ import numpy as np
 
 from supsup_jax import bank as bank_lib
 from supsup_jax import conv
+from supsup_jax import distributed
 from supsup_jax import inference
 from supsup_jax import masks as masks_lib
 from supsup_jax import models
 from supsup_jax import optim
+from supsup_jax import sharded_inference
 from supsup_jax import training
 from supsup_jax import weights as weights_lib
 from supsup_jax import learner as learner_lib
 from supsup_jax.learner import Learner
 from supsup_jax.masked_model import MaskedModel
+from supsup_jax.methods import options
 
 # NNs (the authors' code): alpha = 1/K over K = max(masks so far, MIN_CANDIDATES)
 # candidates; the data is new when max softmax(-dH/dalpha) < (1 + 2^-3) / K.
@@ -65,6 +74,11 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     keep_scores: also keep every task's real-valued scores in memory.
     inference_algorithm / inference_objective: task inference (GN/NN).
     detect_seed: seeds the untrained candidate masks of new-task detection.
+
+  Returns:
+    The learner; memory as in the module docstring (bank rows and per-task
+    statistics ``[capacity, ...]``); ``infer_task``, ``detect_task`` and
+    ``reopen_task`` set.
   """
   if inference_algorithm not in inference.ALGORITHMS:
     raise ValueError(f"inference_algorithm {inference_algorithm!r} unknown; allowed: "
@@ -120,7 +134,23 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
                                       task_stats(memory, task_id), images, False)
     return out
 
+  def place_memory(memory, mesh):
+    """On a mesh of several devices the bank's rows are split over all of
+    them (each device holds capacity / devices rows; inference runs where
+    the rows are); everything else is replicated."""
+    out = distributed.place_replicated(
+        {k: v for k, v in memory.items() if k != "bank"}, mesh)
+    out["bank"] = (sharded_inference.shard(memory["bank"], mesh) if mesh.size > 1
+                   else distributed.place_replicated(memory["bank"], mesh))
+    return out
+
   def infer_task(memory, num_learned, images_many):
+    mesh = sharded_inference.rows_mesh(memory["bank"])
+    if mesh is not None:  # rows split over devices: the pass runs where they are
+      fn = (sharded_inference.oneshot_many if inference_algorithm == "oneshot"
+            else sharded_inference.binary_many)
+      return fn(masked, memory["weights"], memory["bank"], images_many, mesh,
+                objective=inference_objective, num_tasks=num_learned)
     if inference_algorithm == "oneshot":
       grads = inference.alpha_grads_many(masked, memory["weights"], memory["bank"],
                                          images_many, objective=inference_objective,
@@ -129,8 +159,7 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     return inference.binary_many(masked, memory["weights"], memory["bank"], images_many,
                                  objective=inference_objective, num_tasks=num_learned)
 
-  @jax.jit
-  def _detect_grads(memory, n_fresh, denom, images):
+  def _mixed_grad(memory, n_fresh, denom, images):
     weights_ = memory["weights"]
     bank = memory["bank"]
     keys = jax.random.split(jax.random.key(detect_seed), MIN_CANDIDATES)
@@ -140,7 +169,17 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     mixed = (bank.counts.astype(jnp.float32) + use @ fresh) / denom
     g = layout.flatten(inference.effective_weight_grad(
         masked, weights_, layout.unflatten(mixed), images, "entropy"))
-    return bank_lib.dot(bank, g), fresh @ g
+    return g, fresh
+
+  @jax.jit
+  def _detect_grads(memory, n_fresh, denom, images):
+    g, fresh = _mixed_grad(memory, n_fresh, denom, images)
+    return bank_lib.dot(memory["bank"], g), fresh @ g
+
+  @jax.jit
+  def _detect_grad_sharded(memory, n_fresh, denom, images):
+    g, fresh = _mixed_grad(memory, n_fresh, denom, images)
+    return g, fresh @ g
 
   def detect_task(memory, num_learned, images):
     """(is_new, best): the NNs rule of the authors' code. The superposition
@@ -150,7 +189,12 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     if n == 0:
       return True, 0
     k = max(n, MIN_CANDIDATES)
-    learned, fresh = _detect_grads(memory, jnp.int32(k - n), jnp.float32(k), images)
+    mesh = sharded_inference.rows_mesh(memory["bank"])
+    if mesh is None:
+      learned, fresh = _detect_grads(memory, jnp.int32(k - n), jnp.float32(k), images)
+    else:  # the bank's products where its rows are; n scalars gathered
+      g, fresh = _detect_grad_sharded(memory, jnp.int32(k - n), jnp.float32(k), images)
+      learned = distributed.gathered(sharded_inference.dot(memory["bank"], g, mesh))
     g = np.concatenate([np.asarray(learned)[:n], np.asarray(fresh)[:k - n]])
     nu = np.exp(-(g - g.min()))
     nu /= nu.sum()
@@ -181,11 +225,32 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
                  init_memory=init_memory, init_task=init_task, train_step=train_step,
                  end_task=end_task, logits=logits, summary=summary,
                  trains_weights=False, infer_task=infer_task,
-                 detect_task=detect_task, reopen_task=reopen_task)
+                 detect_task=detect_task, reopen_task=reopen_task,
+                 place_memory=place_memory)
+
+
+SUPSUP_DEFAULTS = {
+    "transfer": False,    # a task's scores start from the mean of the finished tasks'
+    "keep_scores": None,  # None -> only when num_tasks <= 20 (memory)
+}
+
+
+def read_config(config) -> dict:
+  """``config.supsup`` validated: ``{"transfer": bool, "keep_scores": bool}``
+  (``keep_scores`` None -> ``config.num_tasks <= 20``)."""
+  part = options.part(config, "supsup", SUPSUP_DEFAULTS)
+  options.flag("config.supsup.transfer", part["transfer"])
+  if part["keep_scores"] is None:
+    part["keep_scores"] = bool(config.num_tasks <= 20)
+  options.flag("config.supsup.keep_scores", part["keep_scores"])
+  return part
 
 
 def from_config(config, stream) -> Learner:
-  """SupSup for an experiment config (keys of ``launch/configs/common.py``)."""
+  """SupSup for an experiment config: the common keys of
+  ``launch/configs/common.py`` and ``config.supsup`` (``transfer``,
+  ``keep_scores``)."""
+  part = read_config(config)
   num_outputs = config.get("num_outputs") or stream.num_classes
   if num_outputs < stream.num_classes:
     raise ValueError(f"config.num_outputs={num_outputs} is smaller than the "
@@ -210,10 +275,9 @@ def from_config(config, stream) -> Learner:
       warmup_steps=int(config.get("warmup_steps") or 0))
   capacity = (int(config.max_masks) if config.scenario == "NNs"
               else int(config.num_tasks))
-  keep = config.get("keep_scores")
   return make(masked, weights, optimizer, capacity=capacity,
-              initial_batch_stats=batch_stats, transfer=bool(config.get("transfer")),
-              keep_scores=bool(config.num_tasks <= 20 if keep is None else keep),
+              initial_batch_stats=batch_stats, transfer=part["transfer"],
+              keep_scores=part["keep_scores"],
               inference_algorithm=config.inference_algorithm,
               inference_objective=config.inference_objective, detect_seed=config.seed)
 

@@ -5,11 +5,15 @@ train network weights, unlike SupSup itself: the lower and upper bounds,
 separate heads, BatchEnsemble and PSP. They use the same models
 (:func:`supsup_jax.models.make_model`), optimizers
 (:func:`supsup_jax.optim.make_optimizer`) and data as SupSup; this module
-builds those from a config and holds the pieces every baseline needs:
+holds the pieces every baseline needs:
 
-* :class:`Net`: the model, its trained-style initial weights (Kaiming normal
-  by default, a pure function of the seed like SupSup's random weights) and
-  initial batch-norm statistics.
+* :class:`Net` (:func:`make_net`): the model, its trained-style initial
+  weights (Kaiming normal by default, a pure function of the seed like
+  SupSup's random weights) and initial batch-norm statistics.
+* :func:`config_kwargs`: the keyword arguments of a baseline's ``make`` for
+  an experiment config; the baselines' own part is ``config.trained_net``
+  (``init``, ``weight_learning_rate``, ``adapt_learning_rate``,
+  ``adapt_optimizer``).
 * per-task storage: pytrees with a leading task axis, read and written at a
   traced task id (:func:`take`, :func:`put`), so memory shapes never change.
 * :func:`make_train_step`: one optimizer over a dict of parameter groups
@@ -21,8 +25,7 @@ builds those from a config and holds the pieces every baseline needs:
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,9 +36,11 @@ import optax
 from supsup_jax import conv
 from supsup_jax import learner as learner_lib
 from supsup_jax import models
+from supsup_jax import optim
 from supsup_jax import training
 from supsup_jax import tree as tree_lib
 from supsup_jax import weights as weights_lib
+from supsup_jax.methods import options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,36 +49,96 @@ class Net:
 
   Attributes:
     model: Flax module, ``apply(variables, images[B, *input_shape], train)``
-      -> logits ``[B, num_outputs]``.
-    num_outputs: output width (>= num_classes; more = superfluous neurons).
+      -> logits ``[B, num_outputs]`` (num_outputs >= num_classes; more =
+      superfluous neurons).
     num_classes: real classes per task.
-    num_tasks: tasks to allocate per-task storage for.
+    capacity: task slots of per-task storage.
     params: initial ``params`` tree (float32).
     batch_stats: initial ``batch_stats`` tree ({} without batch norm).
-    steps_per_task: train steps per task (for schedules).
     example_shape: ``(1, *input_shape)``.
   """
   model: nn.Module
-  num_outputs: int
   num_classes: int
-  num_tasks: int
+  capacity: int
   params: Any
   batch_stats: Any
-  steps_per_task: int
   example_shape: tuple
 
 
-def build_net(config, stream, *, init: str | None = None) -> Net:
-  """The network of ``config`` for ``stream``, weights drawn with ``init``.
+def make_net(model: nn.Module, weights, *, input_shape: Sequence[int], num_classes: int,
+             capacity: int = 1, batch_stats=None, init: str = "kaiming_normal") -> Net:
+  """The :class:`Net` of ``model`` with initial weights ``weights``.
 
-  ``init`` defaults to ``config.trained_init`` (default "kaiming_normal": the
-  usual initialisation of a network whose weights train). Raises one-line
-  ValueErrors for a bad model, init, output size or task count.
+  Args:
+    model: Flax module mapping images ``[B, *input_shape]`` to logits
+      ``[B, num_outputs]``.
+    weights: the initial ``params`` tree, or an int seed drawing it with
+      ``init`` (a pure function of the seed,
+      :func:`supsup_jax.weights.init_weights`).
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    num_classes: real classes per task (the first outputs).
+    capacity: task slots of per-task storage (>= 1).
+    batch_stats: initial batch-norm statistics; None -> the model's own
+      initial ones ({} without batch norm).
+    init: weight initialisation when ``weights`` is a seed.
+
+  Returns:
+    The :class:`Net`. Raises one-line ValueErrors for a bad init, capacity or
+    class count.
   """
-  init = init or config.get("trained_init", "kaiming_normal")
-  if init not in weights_lib.INITS:
-    raise ValueError(f"config.trained_init {init!r} unknown; allowed: "
-                     f"{', '.join(weights_lib.INITS)}")
+  options.choice("init", init, weights_lib.INITS)
+  for key, value in (("capacity", capacity), ("num_classes", num_classes)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+  example = np.zeros((1, *input_shape), np.float32)
+  if isinstance(weights, (int, np.integer)) and not isinstance(weights, bool):
+    weights = weights_lib.init_weights(model, int(weights), example, init=init)
+  if batch_stats is None:
+    batch_stats = weights_lib.init_model_state(model, example).get("batch_stats", {})
+  return Net(model, int(num_classes), int(capacity), weights, batch_stats, example.shape)
+
+
+TRAINED_NET_DEFAULTS = {
+    "init": "kaiming_normal",     # the usual init of a network whose weights train
+    "weight_learning_rate": 0.0,  # 0 -> config.learning_rate
+    "adapt_learning_rate": 1e-2,  # the authors' lr for BatchE factors / heads (MNIST)
+    "adapt_optimizer": "adam",    # separate heads and BatchE (authors' code)
+}
+
+
+def read_config(config) -> dict:
+  """``config.trained_net`` validated: ``{"init", "weight_learning_rate",
+  "adapt_learning_rate", "adapt_optimizer"}`` with the rates resolved (a 0 or
+  absent weight rate -> ``config.learning_rate``; a 0 adaptation rate -> 1e-2).
+
+  weight rate: every step that trains network weights ("train_weight_lr" in
+  the authors' code). adaptation rate: a task's own parameters once the
+  weights are fixed (BatchE factors, separate heads).
+  """
+  part = options.part(config, "trained_net", TRAINED_NET_DEFAULTS)
+  options.choice("config.trained_net.init", part["init"], weights_lib.INITS)
+  options.choice("config.trained_net.adapt_optimizer", part["adapt_optimizer"],
+                 optim.OPTIMIZERS)
+  part["weight_learning_rate"] = part["weight_learning_rate"] or config.learning_rate
+  part["adapt_learning_rate"] = part["adapt_learning_rate"] or 1e-2
+  for key in ("weight_learning_rate", "adapt_learning_rate"):
+    part[key] = options.number(f"config.trained_net.{key}", part[key], low=0,
+                               low_open=True)
+  return part
+
+
+def config_kwargs(config, stream, *, adapt: bool = False) -> dict:
+  """Keyword arguments of a weight-training learner's ``make`` for an
+  experiment config (keys of ``launch/configs/common.py``) over ``stream``.
+
+  Returns:
+    ``{"model", "weights" (the int seed), "optimizer" (at unit learning
+    rate), "input_shape", "num_classes", "capacity" (num_tasks), "init",
+    "learning_rate"}``, and ``"adapt_learning_rate"`` when ``adapt`` (the
+    optimizer is then ``config.trained_net.adapt_optimizer``, else
+    ``config.optimizer``).
+  """
+  part = read_config(config)
   if config.model not in models.MODELS:
     raise ValueError(f"config.model {config.model!r} unknown; allowed: "
                      f"{', '.join(models.MODELS)}")
@@ -87,12 +152,19 @@ def build_net(config, stream, *, init: str | None = None) -> Net:
   model_kwargs = dict(config.get("model_options") or {})
   if conv.use_fast_conv(config.get("fast_conv", True), config.model):
     model_kwargs["conv_general_dilated"] = conv.conv_general_dilated
-  model = models.make_model(config.model, num_outputs, **model_kwargs)
-  example = np.zeros((1, *stream.input_shape), np.float32)
-  params = weights_lib.init_weights(model, int(config.seed), example, init=init)
-  stats = weights_lib.init_model_state(model, example).get("batch_stats", {})
-  return Net(model, num_outputs, int(stream.num_classes), num_tasks, params,
-             stats, learner_lib.steps_per_task(config, stream), example.shape)
+  out = {"model": models.make_model(config.model, num_outputs, **model_kwargs),
+         "weights": int(config.seed),
+         "optimizer": unit_rate_optimizer(
+             config, learner_lib.steps_per_task(config, stream),
+             part["adapt_optimizer"] if adapt else None),
+         "input_shape": tuple(stream.input_shape),
+         "num_classes": int(stream.num_classes),
+         "capacity": num_tasks,
+         "init": part["init"],
+         "learning_rate": part["weight_learning_rate"]}
+  if adapt:
+    out["adapt_learning_rate"] = part["adapt_learning_rate"]
+  return out
 
 
 def check_sequential(config, name: str) -> None:
@@ -141,35 +213,24 @@ def tree_bytes(tree) -> int:
 
 # ---------------------------------------------------------------- training --
 
-def learning_rates(config) -> tuple[float, float]:
-  """(weight learning rate, adaptation learning rate), validated.
-
-  weight: ``config.weight_learning_rate`` (0 or absent -> ``learning_rate``),
-  the rate of every step that trains network weights ("train_weight_lr" in
-  the authors' code). adaptation: ``config.adapt_learning_rate`` (default
-  1e-2, the authors' ``lr`` for BatchE's rank-one factors and separate heads
-  on MNIST), the rate of a task's own parameters once the weights are fixed.
-  """
-  weight_lr = float(config.get("weight_learning_rate") or config.learning_rate)
-  adapt_lr = float(config.get("adapt_learning_rate") or 1e-2)
-  for name, lr in (("weight_learning_rate", weight_lr),
-                   ("adapt_learning_rate", adapt_lr)):
-    if not lr > 0 or math.isinf(lr):
-      raise ValueError(f"config.{name} must be a positive number, got {lr!r}")
-  return weight_lr, adapt_lr
+def check_rate(key: str, rate) -> float:
+  """A learning rate as a float: finite and > 0, else a one-line ValueError."""
+  return options.number(key, rate, low=0, low_open=True)
 
 
-def make_optimizer(config, net: Net, name: str | None = None
-                   ) -> optax.GradientTransformation:
-  """``config``'s optimizer at unit learning rate (the rate is applied per
-  parameter group by the train step). Every update rule here (SGD with
+def unit_rate_optimizer(config, total_steps: int, name: str | None = None
+                        ) -> optax.GradientTransformation:
+  """``config``'s optimizer (or ``name``) at unit learning rate.
+
+  The learners here apply the rate per parameter group (:func:`make_train_step`);
+  every update rule of :func:`supsup_jax.training.make_optimizer` (SGD with
   momentum, RMSprop, Adam, with L2 weight decay before it) is linear in the
-  rate, so scaling the unit-rate update equals running at that rate."""
-  name = name or config.optimizer
+  rate, so scaling the unit-rate update equals running at that rate.
+  """
   return training.make_optimizer(
-      name, 1.0, momentum=config.momentum, weight_decay=config.weight_decay,
-      schedule=config.get("schedule", "constant"), total_steps=net.steps_per_task,
-      warmup_steps=int(config.get("warmup_steps") or 0))
+      name or config.optimizer, 1.0, momentum=config.momentum,
+      weight_decay=config.weight_decay, schedule=config.get("schedule", "constant"),
+      total_steps=total_steps, warmup_steps=int(config.get("warmup_steps") or 0))
 
 
 def init_task_state(optimizer, trainable: dict, rates: dict, batch_stats) -> dict:

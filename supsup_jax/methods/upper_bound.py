@@ -6,7 +6,7 @@ t-1's (so "the trunk for task t has seen tasks 1..t"), starting from Kaiming
 normal weights for the first task, and every task's copy (weights and
 batch-norm statistics) is kept and used to evaluate that task. No forgetting,
 at the price of one full network stored per task. The memory stacks
-``num_tasks`` copies with a leading task axis.
+``capacity`` copies (one slot per task) with a leading task axis.
 """
 from __future__ import annotations
 
@@ -16,17 +16,36 @@ from supsup_jax.learner import Learner
 from supsup_jax.methods import trained_net
 
 
-def from_config(config, stream) -> Learner:
-  """Keys read: the common ones, ``trained_init``, ``weight_learning_rate``."""
-  trained_net.check_sequential(config, "upper_bound")
-  net = trained_net.build_net(config, stream)
-  weight_lr, _ = trained_net.learning_rates(config)
-  optimizer = trained_net.make_optimizer(config, net)
+def make(model, weights, optimizer, *, input_shape, num_classes: int, capacity: int,
+         learning_rate: float, batch_stats=None, init: str = "kaiming_normal") -> Learner:
+  """The upper bound: one fine-tuned copy of ``model`` kept per task.
+
+  Args:
+    model: Flax module, images ``[B, *input_shape]`` -> logits
+      ``[B, num_outputs]``, num_outputs >= num_classes.
+    weights: initial ``params`` tree, or an int seed drawing it with ``init``.
+    optimizer: optax update rule at unit learning rate (e.g.
+      ``optax.rmsprop(1.0)``); ``learning_rate`` scales its updates.
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    num_classes: real classes per task (accuracy over the first outputs).
+    capacity: task slots (networks kept).
+    learning_rate: the weights' learning rate (> 0).
+    batch_stats: initial batch-norm statistics (None: the model's own).
+    init: weight initialisation when ``weights`` is a seed.
+
+  Returns:
+    The learner; memory ``{"params", "batch_stats"}``, each leaf with a
+    leading task axis ``[capacity, ...]``.
+  """
+  net = trained_net.make_net(model, weights, input_shape=input_shape,
+                             num_classes=num_classes, capacity=capacity,
+                             batch_stats=batch_stats, init=init)
+  weight_lr = trained_net.check_rate("learning_rate", learning_rate)
 
   def init_memory():
     # Slot t holds task t's network once trained; until then the initial one.
-    return {"params": trained_net.stack(net.params, net.num_tasks),
-            "batch_stats": trained_net.stack(net.batch_stats, net.num_tasks)}
+    return {"params": trained_net.stack(net.params, net.capacity),
+            "batch_stats": trained_net.stack(net.batch_stats, net.capacity)}
 
   def init_task(memory, task_id, key):
     del key
@@ -62,3 +81,10 @@ def from_config(config, stream) -> Learner:
                  train_step=trained_net.make_train_step(forward, optimizer, net.num_classes),
                  end_task=end_task, logits=logits, summary=summary,
                  trains_weights=True)
+
+
+def from_config(config, stream) -> Learner:
+  """The upper bound for an experiment config: the common keys and
+  ``config.trained_net`` (``init``, ``weight_learning_rate``)."""
+  trained_net.check_sequential(config, "upper_bound")
+  return make(**trained_net.config_kwargs(config, stream))

@@ -268,8 +268,6 @@ class _Run:
         inference_examples=int(config.get("inference_examples") or 0),
         per_example_inference=bool(config.get("per_example_inference")),
         extra_inferrers=setup.extra_inferrers)
-    self.end_task = distributed.jit_replicated(self.learner.end_task, self.mesh,
-                                               donate_argnums=0)
     self.log_every = max(1, int(config.log_every_steps))
     self.ckpt_every = int(config.get("checkpoint_every_steps") or 0)
     # Saving the whole bank after every task costs ~1 s once it holds
@@ -277,6 +275,9 @@ class _Run:
     # so many minutes (a resume then redoes at most that much, exactly).
     self.ckpt_seconds = 60.0 * float(config.get("checkpoint_every_minutes") or 0.0)
     self.memory = self.place(_own(self.learner.init_memory()))
+    # end_task's memory keeps the learner's layout (a sharded bank stays sharded).
+    self.end_task = distributed.jit_like(self.learner.end_task, self.mesh, self.memory,
+                                         donate_argnums=0)
     self.rec: dict[str, Any] = {"eval_after": [], "rows": [], "inference_rows": [],
                                 "other_inference": [], "just_trained": [],
                                 "task_wall_s": []}
@@ -287,12 +288,21 @@ class _Run:
     self.steps_this_process = 0
 
   def place(self, memory):
-    """Memory (weights, bank, ...) replicated once per device of the mesh."""
-    return memory if self.mesh is None else distributed.place_replicated(memory, self.mesh)
+    """Memory on the mesh: as the learner lays it out (``place_memory``), else
+    replicated once per device."""
+    if self.mesh is None:
+      return memory
+    if self.learner.place_memory is not None:
+      return self.learner.place_memory(memory, self.mesh)
+    return distributed.place_replicated(memory, self.mesh)
 
   def local_memory(self):
-    """The memory on one device of this process, for evaluation."""
-    return self.memory if self.mesh is None else distributed.local(self.memory)
+    """The memory for evaluation and ``init_task``: on one device of this
+    process, unless the learner laid it out itself (``place_memory``: its
+    functions take the mesh's arrays, e.g. a bank's rows where they are)."""
+    if self.mesh is None or self.learner.place_memory is not None:
+      return self.memory
+    return distributed.local(self.memory)
 
   def out_of_budget(self, steps: int) -> bool:
     """Counts ``steps`` trained; True once ``stop_after_steps`` are done or a
@@ -441,9 +451,15 @@ def _run_nns(run: _Run) -> dict:
   """NNs: one task-free stream; the learner detects new tasks itself."""
   config, learner = run.config, run.learner
   stream = TaskFreeStream(run.setup.stream, config.iterations_per_task)
-  chunk = make_task_free_chunk_fn(learner, stream, config.batch_size)
+  chunk = make_task_free_chunk_fn(learner, stream, config.batch_size, mesh=run.mesh)
   detect_batch = jax.jit(stream.batch_fn_args(config.batch_size))
   data = stream.device_arrays
+  if run.mesh is not None:  # the batch split over "data"; state and data replicated
+    data = distributed.place_replicated(data, run.mesh)
+
+  def placed(state):
+    state = _own(state)
+    return state if run.mesh is None else distributed.place_replicated(state, run.mesh)
   its, check_every = stream.iterations_per_task, int(config.nns_check_every)
   max_masks = int(config.max_masks)
   eval_points = _eval_points(config)
@@ -455,8 +471,8 @@ def _run_nns(run: _Run) -> dict:
   slot_batches = [list(r) for r in m.get("slot_batches", [])]
   state = None
   if run.partial is not None:
-    state = state_io.from_saveable(
-        run.partial, learner.init_task(run.memory, current, task_key(config.seed, current)))
+    state = placed(state_io.from_saveable(
+        run.partial, learner.init_task(run.memory, current, task_key(config.seed, current))))
     run.partial = None
   progress = scaffold.Progress(stream.num_batches, b)
   last_good = "no checkpoint yet"
@@ -478,11 +494,11 @@ def _run_nns(run: _Run) -> dict:
       if is_new and num_masks < max_masks:
         current, num_masks = num_masks, num_masks + 1
         slot_batches.append([0] * config.num_tasks)
-        state = _own(learner.init_task(run.memory, current, task_key(config.seed, current)))
+        state = placed(learner.init_task(run.memory, current, task_key(config.seed, current)))
         logging.info("batch %d: new data, allocated mask %d", b, current)
       elif best != current:
         current = best
-        state = _own(learner.reopen_task(run.memory, current, task_key(config.seed, current)))
+        state = placed(learner.reopen_task(run.memory, current, task_key(config.seed, current)))
         logging.info("batch %d: data of mask %d, training it again", b, current)
     n = min(check_every - b % check_every, its - b % its, run.log_every,
             stream.num_batches - b)
@@ -535,11 +551,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   config = ml_collections.ConfigDict(config)
   _validate(config)
   mesh = distributed.mesh_from_config(config)  # sizes checked against the devices
+  if config.scenario == "NNs" and distributed.axis_size(mesh, distributed.TASKS) > 1:
+    raise ValueError("NNs trains one mask at a time, so its mesh can only split the "
+                     "batch; set --config.mesh=\"[('data', -1)]\" (no 'tasks' axis)")
   distributed.check_parallel(mesh, tasks_in_parallel=int(config.tasks_in_parallel),
                              batch_size=int(config.batch_size))
-  if config.scenario == "NNs" and mesh.size > 1:
-    raise ValueError(f"NNs runs on one device, got config.mesh over {mesh.size} "
-                     "devices; set --config.mesh=\"[('data', 1)]\"")
   with scaffold.open_run(workdir, config, kind="continual", stops_at_boundaries=True) as sc:
     if sc.finished is not None:
       logging.info("%s: finished before; results in %s", config.experiment, workdir)
