@@ -4,6 +4,7 @@ Build (warnings are errors):
 
     python -m sphinx -W -b html docs docs/_build/html
 """
+import importlib
 import os
 import sys
 
@@ -63,3 +64,26 @@ html_theme_options = {
 }
 pygments_style = "sphinx"
 pygments_dark_style = "monokai"
+
+
+def _resolve_reexport(app, env, node, contnode):
+  """A reference to a name a module re-exports (``supsup_jax.training.make_optimizer``)
+  resolves to where it is documented (``supsup_jax.optim.make_optimizer``); a
+  target that does not exist still fails the build."""
+  target = node.get("reftarget", "")
+  if node.get("refdomain") != "py" or not target.startswith("supsup_jax."):
+    return None
+  modname, _, attr = target.rpartition(".")
+  try:
+    obj = getattr(importlib.import_module(modname), attr)
+  except (ImportError, AttributeError):
+    return None
+  canonical = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+  if canonical == target or not canonical.startswith("supsup_jax."):
+    return None
+  return env.get_domain("py").resolve_xref(env, node["refdoc"], app.builder, node["reftype"],
+                                           canonical, node, contnode)
+
+
+def setup(app):
+  app.connect("missing-reference", _resolve_reexport)

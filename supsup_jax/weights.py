@@ -20,6 +20,7 @@ import numpy as np
 
 from supsup_jax import tree as tree_lib
 
+#: The weight initialisations ``init_weights`` and ``random_kernel`` accept.
 INITS = ("signed_constant", "unsigned_constant", "kaiming_normal",
          "kaiming_uniform")
 

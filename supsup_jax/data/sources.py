@@ -1,6 +1,6 @@
 """Loading base datasets (MNIST, Fashion-MNIST, CIFAR-10/100, ImageNet) through tfds.
 
-Resolution order for a dataset ``name`` (see the "Data" section of README.md):
+Resolution order for a dataset ``name`` (see docs/guide/data.md):
 
 1. ``data_dir`` argument, else env ``SUPSUP_DATA_DIR``: a folder laid out like
    ``shared/data`` (``mnist/``, ``fashion_mnist/``, ``cifar10/`` ...). Inside
