@@ -143,7 +143,8 @@ def _commands():
   for path in [README] + PAGES:
     text = open(path, encoding="utf-8").read()
     chunks = re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
-    chunks += [c.replace("\n", " ") for c in re.findall(r"`(python -m [^`]+)`", text)]
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    chunks += [c.replace("\n", " ") for c in re.findall(r"`(python -m [^`]+)`", prose)]
     for chunk in chunks:
       chunk = chunk.replace("\\\n", " ")
       for piece in re.split(r"(?=python -m )", chunk)[1:]:
@@ -199,3 +200,44 @@ def test_commands_name_what_exists():
                    for names in only for x in names.split(",")
                    if x and not x.isupper() and not x.endswith("*") and x not in benches]
   assert not problems, "\n".join(problems)
+
+
+def _all_config_keys():
+  """Every dotted key (and sub-config) of every config in launch/configs/."""
+  from launch import configs  # pylint: disable=import-outside-toplevel
+  keys = set()
+
+  def walk(node, prefix):
+    for k in node.keys():
+      keys.add(prefix + k)
+      if hasattr(node[k], "keys"):
+        walk(node[k], prefix + k + ".")
+
+  for path in glob.glob(os.path.join(REPO, "launch", "configs", "*.py")):
+    name = os.path.basename(path)[:-3]
+    if name in ("__init__", "common"):
+      continue
+    walk(configs.load(name), "")
+  return keys
+
+
+def _expand(key):
+  """``a.{b,c}`` -> ``a.b``, ``a.c``."""
+  m = re.match(r"(.*?)\{([\w,\s]+)\}(.*)", key, re.S)
+  if not m:
+    return [key]
+  return [k for part in m.group(2).split(",") for k in _expand(m.group(1) + part.strip() + m.group(3))]
+
+
+def test_config_keys_the_docs_name_exist():
+  """``--config.<key>=`` and ``config.<key>`` in the README and the docs are keys
+  of some config: a renamed key left in the text fails here."""
+  keys = _all_config_keys()
+  stale = set()
+  for path in [README] + PAGES:
+    text = open(path, encoding="utf-8").read()
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    for span in re.findall(r"`([^`]+)`", prose) + re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M):
+      for key in re.findall(r"(?<![\w.])(?:--)?config\.([\w.]*\w(?:\.\{[\w,\s]+\})?)", span):
+        stale.update(f"{_rel(path)}: config.{k}" for k in _expand(key) if k not in keys)
+  assert not stale, "config keys no config has:\n" + "\n".join(sorted(stale))
