@@ -64,6 +64,8 @@ class Learner:
       the mask bank's rows split over the devices, the rest replicated);
       None: the run loop replicates every leaf. ``end_task``'s output keeps
       the layout of its input memory.
+    infer_task_with: ``(objective) -> infer_task`` with another objective
+      (e.g. "g" beside the learner's "entropy"), for runs that compare them.
   """
   name: str
   num_classes: int
@@ -78,6 +80,7 @@ class Learner:
   detect_task: Callable[[Memory, int, Any], tuple[bool, int]] | None = None
   reopen_task: Callable[[Memory, Any, Any], TaskState] | None = None
   place_memory: Callable[[Memory, Any], Memory] | None = None
+  infer_task_with: Callable[[str], Callable[[Memory, int, Any], Any]] | None = None
 
 
 _NEEDS = {

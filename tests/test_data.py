@@ -1,5 +1,7 @@
 """Real-data tests of supsup_jax.data on the shared offline data folder."""
 import copy
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -83,6 +85,69 @@ def test_cifar10_image_folder():
   assert x.shape == (64, 32, 32, 3) and set(np.asarray(y).tolist()) <= {0, 1}
   xt, yt = s.test_arrays(1)
   assert xt.shape[0] == 2000 and abs(float(xt.mean())) < 0.3
+
+
+CIFAR100 = Path(DATA_DIR) / "cifar100"
+needs_cifar100 = pytest.mark.skipif(not (CIFAR100 / "cifar100_images.tar.gz").exists(),
+                                    reason=f"no CIFAR-100 archive under {DATA_DIR}")
+
+
+@needs_cifar100
+def test_cifar100_real_data():
+  d = D.load_dataset("cifar100", DATA_DIR)
+  (xtr, ytr), (xte, yte) = d["train"], d["test"]
+  assert xtr.shape == (50000, 32, 32, 3) and xte.shape == (10000, 32, 32, 3)
+  assert set(np.bincount(ytr, minlength=100)) == {500}
+  assert set(np.bincount(yte, minlength=100)) == {100}
+  # Fine ids = the official order (the README's fine_label_names.txt); coarse
+  # labels from fine_to_coarse.json, 2,500 / 500 images per superclass.
+  assert d["class_names"] == (CIFAR100 / "fine_label_names.txt").read_text().split()
+  assert d["coarse_class_names"] == (CIFAR100 / "coarse_label_names.txt").read_text().split()
+  table = json.loads((CIFAR100 / "fine_to_coarse.json").read_text())
+  assert d["fine_to_coarse"].tolist() == table["fine_to_coarse"]
+  np.testing.assert_array_equal(d["coarse"]["train"], d["fine_to_coarse"][ytr])
+  assert set(np.bincount(d["coarse"]["test"], minlength=20)) == {500}
+  # The pixels give the official statistics that NORM holds.
+  n = xtr[..., 0].size  # exact integer sums, one channel at a time (memory)
+  s1 = np.array([xtr[..., k].sum(dtype=np.int64) for k in range(3)])
+  s2 = np.array([np.square(xtr[..., k], dtype=np.uint16).sum(dtype=np.int64) for k in range(3)])
+  mean = s1 / n / 255
+  np.testing.assert_allclose(mean, T.NORM["cifar100"][0], atol=1e-9)
+  np.testing.assert_allclose(np.sqrt(s2 / n / 255**2 - mean**2), T.NORM["cifar100"][1], atol=1e-9)
+  # The archive's SHA-256 is recorded with the decoded arrays.
+  sha = hashlib.sha256((CIFAR100 / "cifar100_images.tar.gz").read_bytes()).hexdigest()
+  npz = D.sources.cache_dir() / "image_folders" / f"cifar100_{sha[:16]}.arrays.npz"
+  with np.load(npz) as z:
+    assert json.loads(str(z["source_fingerprint"]))["cifar100_images.tar.gz"] == sha
+
+
+@needs_cifar100
+def test_split_cifar100_real_is_the_authors_split():
+  d = D.load_dataset("cifar100", DATA_DIR)
+  yte = d["test"][1]
+  s = D.make_stream("split_cifar100", seed=1, data_dir=DATA_DIR, augment=True)
+  np.random.seed(1)  # RandSplitCIFAR100 in RAIVNLab/supsup data/partitioncifar.py
+  perm = np.random.permutation(100).tolist()
+  assert s.task_classes == [perm[5 * t:5 * t + 5] for t in range(20)]
+  for t in (0, 7, 19):
+    _, yt = s.test_arrays(t)
+    fine = yte[np.isin(yte, perm[5 * t:5 * t + 5])]
+    np.testing.assert_array_equal(np.asarray(yt), [perm[5 * t:5 * t + 5].index(f) for f in fine])
+    assert s.train_size(t) == 2500
+  x, y = s.train_batch(19, 0, 128)
+  assert x.shape == (128, 32, 32, 3) and set(np.asarray(y).tolist()) <= set(range(5))
+
+
+@needs_cifar100
+def test_cifar100_as_one_task_dataset():
+  # How the single-task studies (uncertainty, subnetworks) read a dataset by name.
+  assert "cifar100" in D.IN_MEMORY_DATASETS
+  d = D.load_dataset("cifar100", DATA_DIR)
+  mean, std = D.NORM["cifar100"]
+  s = D.InMemoryStream(name="cifar100", data=d, num_tasks=1, seed=0, mean=mean, std=std)
+  assert s.num_classes == 100 and s.test_size(0) == 10000
+  x, _ = s.test_arrays(0)
+  assert abs(float(x.mean())) < 0.02 and abs(float(x.std()) - 1) < 0.02
 
 
 # ---------------------------------------------------------------- permuted

@@ -301,8 +301,8 @@ def case_nns_sharded(args):
   out = {}
   for name, mesh in (("one", (("data", 1),)), ("mesh", (("data", 8),))):
     c = nns_permuted_mnist.get_config()
-    c.num_tasks, c.iterations_per_task, c.nns_check_every = 3, args["iterations"], 50
-    c.max_masks, c.eval_after_tasks, c.eval_batches_per_task = 16, (), 4
+    c.num_tasks, c.iterations_per_task, c.nns.check_every = 3, args["iterations"], 50
+    c.nns.max_masks, c.eval_after_tasks, c.eval_batches_per_task = 16, (), 4
     c.log_every_steps, c.mesh = 50, mesh
     calls = {}
     undo = _count_calls(calls, si, "oneshot_many", "dot")

@@ -152,7 +152,7 @@ def _nns_config(num_tasks, iterations=300):
   c = nns_permuted_mnist.get_config()
   c.num_tasks = num_tasks
   c.iterations_per_task = iterations
-  c.max_masks = 16
+  c.nns.max_masks = 16
   c.eval_after_tasks = ()
   c.eval_batches_per_task = 5
   c.log_every_steps = 100
@@ -200,10 +200,10 @@ class NNsTest(absltest.TestCase):
     self.assertEqual(results["masks_allocated"], 1)
 
   def test_bad_nns_settings(self):
-    for key, value in (("max_masks", 0), ("nns_check_every", 0)):
+    for key, value in (("max_masks", 0), ("check_every", 0)):
       c = _nns_config(2)
-      c[key] = value
-      with self.assertRaisesRegex(ValueError, f"config.{key} must be an int >= 1, got 0"):
+      c.nns[key] = value
+      with self.assertRaisesRegex(ValueError, f"config.nns.{key} must be an int >= 1, got 0"):
         experiment.run(c, self.create_tempdir().full_path)
 
 

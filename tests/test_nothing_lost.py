@@ -188,3 +188,21 @@ def test_compare_on_a_busy_workdir_is_one_line(tmp_path):
   assert out.returncode == 2 and "Traceback" not in out.stderr
   [line] = _errors(out.stderr)
   assert "is in use by pid" in line
+
+
+# ---------------------------------------------------------- learner factory
+def returns_a_dict(config, stream):
+  del config, stream
+  return {}
+
+
+@pytest.mark.parametrize("method,fragment", [
+    ("os:getcwd", "os:getcwd does not take (config, stream)"),
+    ("tests.test_nothing_lost:returns_a_dict", "returned dict, not a Learner"),
+])
+def test_a_callable_that_is_not_a_learner_factory_is_one_line(method, fragment):
+  from supsup_jax import methods  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError) as e:
+    methods.make_learner(method, _tiny_gg(), stream=None)
+  assert fragment in str(e.value) and "function(config, stream) -> " in str(e.value)
+  assert "\n" not in str(e.value)

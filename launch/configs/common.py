@@ -60,8 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.packnet.prune_fraction = -1.0  # < 0: an even split of the weights over tasks
   c.packnet.prune_at = 0.7         # fraction of a task's steps before pruning
   # NNs (no task identity): detection of new data.
-  c.nns_check_every = 100        # batches between decisions
-  c.max_masks = 2500             # cap on allocated masks
+  c.nns = ml_collections.ConfigDict()  # read by the NNs loop (supsup_jax/runs/continual.py)
+  c.nns.check_every = 100        # batches between decisions
+  c.nns.max_masks = 2500         # cap on allocated masks
   c.compare_objectives = ()      # also report task inference with these objectives
   # Bookkeeping.
   c.log_every_steps = 250

@@ -2,7 +2,7 @@ r"""NNs PermutedMNIST: training without task identity, LeNet 300-100 out 500.
 
 The learner sees one stream of batches; the task switches every
 ``iterations_per_task`` (1000) batches without a word. Every
-``nns_check_every`` (100) batches it takes K = max(masks so far, 5) candidate
+``nns.check_every`` (100) batches it takes K = max(masks so far, 5) candidate
 masks at alpha = 1/K, nu = softmax(-dH/dalpha), and allocates a new mask when
 max(nu) < (1 + 2^-3) / K, else trains mask argmax(nu) (Wortsman et al. 2020,
 sec. 3.6 and the authors' code). Threshold masks, RMSprop 1e-4, batch 128;
@@ -27,8 +27,8 @@ def get_config():
   c.learning_rate = 1e-4
   c.batch_size = 128
   c.iterations_per_task = 1000
-  c.nns_check_every = 100
-  c.max_masks = 2500
+  c.nns.check_every = 100
+  c.nns.max_masks = 2500
   c.inference_algorithm = "oneshot"
   c.inference_objective = "entropy"
   c.inference_examples = 1
@@ -36,7 +36,7 @@ def get_config():
   c.eval_batches_per_task = 10
   c.supsup.keep_scores = False
   c.log_every_steps = 500
-  # The bank holds max_masks rows (98.5 MB at 2500): save it every 10 minutes
+  # The bank holds nns.max_masks rows (98.5 MB at 2500): save it every 10 minutes
   # at a task end (and after each evaluation), not after every task.
   c.checkpoint_every_minutes = 10.0
   return c

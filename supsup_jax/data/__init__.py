@@ -4,7 +4,9 @@ See docs/guide/data.md. Main entry point: :func:`make_stream`.
 """
 from supsup_jax.data.sources import (
     DataChecksumError,
+    DataLayoutError,
     DataNotFoundError,
+    IN_MEMORY_DATASETS,
     KNOWN_DATASETS,
     clear_cache,
     load_dataset,
@@ -20,12 +22,15 @@ from supsup_jax.data.streams import (
     TFDSTaskStream,
     make_stream,
     measure_throughput,
+    supsup_cifar100_order,
 )
 from supsup_jax.data.transforms import NORM, rotate, shuffled_index
 
 __all__ = [
-    "DataChecksumError", "DataNotFoundError", "KNOWN_DATASETS", "NORM", "STREAMS",
+    "DataChecksumError", "DataLayoutError", "DataNotFoundError", "IN_MEMORY_DATASETS",
+    "KNOWN_DATASETS", "NORM", "STREAMS",
     "InMemoryStream", "PermutedStream", "RotatedStream", "TaskStream", "TFDSTaskStream",
     "clear_cache", "load_dataset", "load_image_folder", "make_stream",
     "measure_throughput", "resolve_data_dir", "rotate", "shuffled_index",
+    "supsup_cifar100_order",
 ]

@@ -9,7 +9,8 @@ Resolution order for a dataset ``name`` (see docs/guide/data.md):
      * ``train/<class>/*`` and ``test/<class>/*`` -> read with
        ``tfds.folder_dataset.ImageFolder``;
      * ``*_images.tar.gz`` -> unpacked once (atomically) into the cache dir, then
-       read as an image folder;
+       read as an image folder (``cifar100``: plus ``fine_to_coarse.json``, in
+       the archive or beside it, for the coarse labels);
      * otherwise the raw files of the official tfds builder (e.g. the four MNIST
        ``.gz`` idx files) -> given to the builder as ``manual_dir`` (each dataset
        with its own ``extract_dir``), no network access.
@@ -24,12 +25,26 @@ builder's data dir); the decoded ``.npz`` cache and the extraction dirs are
 keyed by those digests. A changed, corrupt or wrong file is therefore noticed
 on every load, not only on the first (see :func:`file_digest`).
 
+Image-folder archives get the same treatment: the archive's SHA-256 is recorded
+in the extracted copy (``supsup_sources.json``, with the list of the files
+extracted) and in the decoded ``.npz`` cache. A changed archive misses both and
+is extracted and decoded again; an extracted copy whose record disagrees with
+the archive, or whose files changed since, is extracted again. An archive under
+a name registered in ``_REGISTERED_ARCHIVES`` (the ``shared/data`` archives)
+whose digest is not the registered one is refused with one line.
+
+CIFAR-100 (``cifar100``) carries fine labels (``y``, 100 classes) and coarse
+labels (``out["coarse"]``, 20 superclasses), from tfds's ``coarse_label`` or,
+for an image folder, from ``fine_to_coarse.json``.
+
 Images come back as numpy uint8 NHWC, labels as int32. Results are cached per
 process, keyed by (dataset, data_dir, source digests).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gzip
 import hashlib
 import importlib
 import json
@@ -40,18 +55,23 @@ import sys
 import tarfile
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "DataNotFoundError", "DataChecksumError", "KNOWN_DATASETS", "load_dataset",
+    "DataNotFoundError", "DataChecksumError", "DataLayoutError", "KNOWN_DATASETS",
+    "IN_MEMORY_DATASETS", "load_dataset",
     "resolve_data_dir", "cache_dir", "clear_cache", "load_image_folder", "file_digest",
     "folder_fingerprint",
 ]
 
 KNOWN_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+# Small enough to hold in memory: load_dataset returns their arrays (imagenet2012
+# is read through resolve_builder). Each has a NORM entry in transforms.py.
+IN_MEMORY_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 # Files that the official builders look for in their manual_dir.
 _MANUAL_FILES = {
@@ -71,6 +91,26 @@ class DataNotFoundError(FileNotFoundError):
 
 class DataChecksumError(ValueError):
   """A data file is corrupt or is the wrong file (checksum mismatch)."""
+
+
+class DataLayoutError(ValueError):
+  """A data folder or archive does not hold the dataset's layout (e.g. a class
+  folder is missing, or a label file is malformed)."""
+
+
+# Image-folder archives whose content this library knows: the SHA-256 of the
+# archives in shared/data (their README.txt says where they come from and what
+# was checked). As with tfds's registered checksums for the official files, a
+# file of one of these names with other content is refused: it is damaged or
+# not the dataset. Any other ``*_images.tar.gz`` is read and its digest recorded.
+_REGISTERED_ARCHIVES = {
+    "cifar10_images.tar.gz": "58c58e3af3ec7ed2054f439f35ad3c83dc1ab019f4af6037f60612ea098c8fa1",
+    "cifar100_images.tar.gz": "43f3ac6c7160863a47419c8852fa241cd437f4ce7122fa1da57b83ac657e998e",
+}
+# CIFAR-100 image folders: {"fine_label_names": [100], "coarse_label_names": [20],
+# "fine_to_coarse": [100 ints]}, inside the archive or beside it.
+CIFAR100_LABELS_FILE = "fine_to_coarse.json"
+_CIFAR100_SIZES = (100, 20)
 
 
 _CACHE: dict[tuple[str, str | None, str], dict[str, Any]] = {}
@@ -336,23 +376,55 @@ def _builder_arrays(name: str, manual_dir: str | None, download: bool,
   """Builds the official tfds builder and reads train/test fully as numpy."""
   tfds = import_tfds()
   builder = prepare_builder(name, manual_dir, download, looked)
+  features = builder.info.features
+  coarse = name == "cifar100" and "coarse_label" in features
   with _wrap_tfds_errors(name, looked):
     out = {}
+    coarse_y = {}
     for split in ("train", "test"):
       ds = builder.as_dataset(split=split, shuffle_files=False)
-      out[split] = _ds_to_numpy(tfds, ds)
-    out["num_classes"] = int(builder.info.features["label"].num_classes)
-    out["class_names"] = list(builder.info.features["label"].names)
+      if coarse:
+        x, y, coarse_y[split] = _ds_to_numpy(tfds, ds, extra="coarse_label")
+        out[split] = (x, y)
+      else:
+        out[split] = _ds_to_numpy(tfds, ds)
+    out["num_classes"] = int(features["label"].num_classes)
+    out["class_names"] = list(features["label"].names)
+  if coarse:
+    _attach_coarse(out, coarse_y, list(features["coarse_label"].names))
   return out
 
 
-def _ds_to_numpy(tfds, ds):
-  ds = ds.map(lambda e: (e["image"], e["label"])).batch(4096)
-  xs, ys = [], []
-  for x, y in tfds.as_numpy(ds):
-    xs.append(np.asarray(x, np.uint8))
-    ys.append(np.asarray(y, np.int32))
-  return np.concatenate(xs), np.concatenate(ys)
+def _ds_to_numpy(tfds, ds, extra: str | None = None):
+  """(images uint8, labels int32[, int32 labels of feature ``extra``])."""
+  if extra is None:
+    ds = ds.map(lambda e: (e["image"], e["label"]))
+  else:
+    ds = ds.map(lambda e: (e["image"], e["label"], e[extra]))
+  cols = None
+  for batch in tfds.as_numpy(ds.batch(4096)):
+    if cols is None:
+      cols = [[] for _ in batch]
+    for i, v in enumerate(batch):
+      cols[i].append(np.asarray(v, np.uint8 if i == 0 else np.int32))
+  return tuple(np.concatenate(c) for c in cols)
+
+
+def _attach_coarse(out: dict[str, Any], coarse_y: dict[str, np.ndarray],
+                   coarse_names: list[str]) -> None:
+  """Adds ``coarse`` ({split: int32 labels}), ``coarse_class_names`` and, when
+  every fine class has one coarse class (always so for the real CIFAR-100;
+  not for tfds's random mock data), ``fine_to_coarse`` (int32 [num_classes])."""
+  out["coarse"] = {s: np.asarray(coarse_y[s], np.int32) for s in ("train", "test")}
+  out["coarse_class_names"] = list(coarse_names)
+  f2c = np.full(out["num_classes"], -1, np.int64)
+  pairs = np.unique(np.stack([np.concatenate([out[s][1] for s in ("train", "test")]),
+                              np.concatenate([coarse_y[s] for s in ("train", "test")])]),
+                    axis=1)
+  fine, counts = np.unique(pairs[0], return_counts=True)
+  if len(fine) == out["num_classes"] and (counts == 1).all():
+    f2c[pairs[0]] = pairs[1]
+    out["fine_to_coarse"] = f2c.astype(np.int32)
 
 
 def _save_npz(path: Path, out: dict[str, Any], fingerprint: str) -> None:
@@ -360,6 +432,9 @@ def _save_npz(path: Path, out: dict[str, Any], fingerprint: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
     arrays = {f"{s}_{k}": out[s][i] for s in ("train", "test") for i, k in enumerate("xy")}
+    if "coarse" in out:
+      arrays.update({f"{s}_coarse": out["coarse"][s] for s in ("train", "test")})
+      arrays["coarse_class_names"] = np.array(out["coarse_class_names"])
     np.savez(tmp, class_names=np.array(out["class_names"]),
              source_fingerprint=np.array(fingerprint), **arrays)
     os.replace(tmp, path)
@@ -367,38 +442,67 @@ def _save_npz(path: Path, out: dict[str, Any], fingerprint: str) -> None:
     pass
 
 
-def _load_npz(path: Path, fingerprint: str) -> dict[str, Any] | None:
-  """The cached arrays, or None when absent, unreadable or made from other files."""
+def _load_npz(path: Path, fingerprint: str, coarse: bool = False) -> dict[str, Any] | None:
+  """The cached arrays, or None when absent, unreadable, made from other files
+  or (``coarse``) without the coarse labels (a cache of an older version)."""
   if not path.exists():
     return None
   try:
     with np.load(path, allow_pickle=False) as z:
-      if str(z["source_fingerprint"]) != fingerprint:
+      if str(z["source_fingerprint"]) != fingerprint or (
+          coarse and "coarse_class_names" not in z.files):
         return None
       out = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "test")}
       out["class_names"] = [str(c) for c in z["class_names"]]
+      out["num_classes"] = len(out["class_names"])
+      if "coarse_class_names" in z.files:
+        _attach_coarse(out, {s: z[f"{s}_coarse"] for s in ("train", "test")},
+                       [str(c) for c in z["coarse_class_names"]])
   except Exception:  # truncated / stale cache: rebuild
     return None
-  out["num_classes"] = len(out["class_names"])
   return out
 
 
-def _extract_once(archive: Path, name: str) -> Path:
-  """Unpacks ``archive`` into the cache dir once, atomically (tmp dir + rename)."""
-  dest = cache_dir() / "image_folders" / f"{name}_{file_digest(archive)[:16]}"
-  if dest.is_dir():
-    return dest
+def _extraction_problem(dest: Path, archive: Path, digest: str) -> str | None:
+  """Why the extracted copy ``dest`` cannot be used for ``archive``, or None."""
+  try:
+    record = json.loads((dest / _SOURCES_RECORD).read_text())
+    sha, files = record["sha256"], record["files"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return "has no readable record of its archive (extracted by an older version?)"
+  if sha != {archive.name: digest}:
+    return f"came from other content (recorded {sha}, now {archive.name} {digest[:16]}...)"
+  if files != folder_fingerprint(dest, ignore=(_SOURCES_RECORD,)):
+    return "was changed since it was extracted (a file added, removed or modified)"
+  return None
+
+
+def _extract_once(archive: Path, name: str, digest: str) -> Path:
+  """Unpacks ``archive`` (SHA-256 ``digest``) into the cache dir once,
+  atomically (tmp dir + rename), with a record of the archive's digest and of
+  the files extracted. An existing copy whose record does not match is
+  extracted again (one log line says why)."""
+  dest = cache_dir() / "image_folders" / f"{name}_{digest[:16]}"
   dest.parent.mkdir(parents=True, exist_ok=True)
   with _file_lock(f"extract_{name}"):
     if dest.is_dir():
-      return dest
+      problem = _extraction_problem(dest, archive, digest)
+      if problem is None:
+        return dest
+      _log.warning("%s: the extracted copy %s %s; extracting %s again", name, dest, problem,
+                   archive)
+      shutil.rmtree(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}_", dir=dest.parent))
     try:
-      with tarfile.open(archive) as tf_:
-        try:
-          tf_.extractall(tmp, filter="data")
-        except TypeError:  # Python without extraction filters
-          tf_.extractall(tmp)
+      try:
+        with tarfile.open(archive) as tf_:
+          try:
+            tf_.extractall(tmp, filter="data")
+          except TypeError:  # Python without extraction filters
+            tf_.extractall(tmp)
+      except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataLayoutError(f"{archive} cannot be unpacked ({type(e).__name__}: "
+                              f"{_first_line(e)}); replace it with a complete copy") from None
       root = tmp
       # Accept an archive with a single top-level folder around train/ test/.
       entries = [p for p in tmp.iterdir()]
@@ -410,6 +514,9 @@ def _extract_once(archive: Path, name: str) -> Path:
         os.rename(root, final_tmp)
         shutil.rmtree(tmp)
         tmp = final_tmp
+      record = {"archive": str(archive), "sha256": {archive.name: digest},
+                "files": folder_fingerprint(tmp, ignore=(_SOURCES_RECORD,))}
+      (tmp / _SOURCES_RECORD).write_text(json.dumps(record, indent=1))
       os.rename(tmp, dest)
     except BaseException:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -417,12 +524,15 @@ def _extract_once(archive: Path, name: str) -> Path:
   return dest
 
 
-def folder_fingerprint(root: str | os.PathLike) -> str:
-  """Hash of every file's relative path, size and mtime under ``root``."""
+def folder_fingerprint(root: str | os.PathLike, ignore: tuple[str, ...] = ()) -> str:
+  """Hash of every file's relative path, size and mtime under ``root``
+  (files directly in ``root`` named in ``ignore`` left out)."""
   h = hashlib.sha256()
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames.sort()
     for f in sorted(filenames):
+      if f in ignore and dirpath == os.fspath(root):
+        continue
       p = os.path.join(dirpath, f)
       st = os.stat(p)
       h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -462,15 +572,134 @@ def load_image_folder(root: str | os.PathLike, *, splits=("train", "test"),
   return out
 
 
-def _find_image_folder(sub: Path, name: str) -> tuple[Path, str] | None:
-  """(image folder, fingerprint of its source) or None."""
+@dataclasses.dataclass(frozen=True)
+class _FolderSource:
+  """An image folder: unpacked (``folder``) or an archive extracted on use."""
+  name: str               # the dataset
+  folder: Path | None
+  archive: Path | None
+  sha256: dict[str, str]  # of the archive (and a CIFAR-100 label file beside it)
+  fingerprint: str        # what the decoded arrays are keyed by
+
+  @property
+  def npz(self) -> Path:
+    """The decoded arrays' cache: beside the folder, or beside its extraction."""
+    if self.archive is None:
+      return self.folder.parent / f"{self.folder.name}.arrays.npz"
+    digest = self.sha256[self.archive.name]
+    return cache_dir() / "image_folders" / f"{self.name}_{digest[:16]}.arrays.npz"
+
+
+def _first_line(e: BaseException) -> str:
+  return next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)[:300]
+
+
+def _check_registered_archive(name: str, archive: Path, digest: str) -> None:
+  want = _REGISTERED_ARCHIVES.get(archive.name)
+  if want and not digest.startswith("partial:") and digest != want:
+    raise DataChecksumError(
+        f"{archive} is not the {name} image archive this library knows (sha256 "
+        f"{digest[:16]}..., registered {want[:16]}...); restore the original file, or give "
+        f"your own archive another name (any other *_images.tar.gz is read and its digest "
+        f"recorded)")
+
+
+def _find_image_folder(sub: Path, name: str) -> _FolderSource | None:
+  """The image folder in ``sub`` (cheap: archives by their memoised digest)."""
   if (sub / "train").is_dir() and (sub / "test").is_dir():
-    return sub, folder_fingerprint(sub)
+    return _FolderSource(name, sub, None, {}, folder_fingerprint(sub))
   archives = sorted(sub.glob("*_images.tar.gz")) + sorted(sub.glob("*_images.tgz"))
-  if archives:
-    # The extraction is keyed by the archive's digest and never modified.
-    return _extract_once(archives[0], name), file_digest(archives[0])[:16]
-  return None
+  if not archives:
+    return None
+  archive = archives[0]
+  digest = file_digest(archive)
+  _check_registered_archive(name, archive, digest)
+  sha = {archive.name: digest}
+  if name == "cifar100" and (sub / CIFAR100_LABELS_FILE).is_file():
+    sha[CIFAR100_LABELS_FILE] = file_digest(sub / CIFAR100_LABELS_FILE)
+  # The decoded arrays record the digests of what they were made from.
+  return _FolderSource(name, None, archive, sha, json.dumps(sha, sort_keys=True))
+
+
+def _cifar100_labels(folder: Path, sub: Path, origin: str
+                    ) -> tuple[list[str], list[str], np.ndarray]:
+  """(fine names, coarse names, fine_to_coarse) of a CIFAR-100 image folder,
+  whose class folders are checked against them (one-line DataLayoutError
+  naming ``origin``, the archive or folder the user gave)."""
+  inside, beside = folder / CIFAR100_LABELS_FILE, sub / CIFAR100_LABELS_FILE
+  found = [p for p in dict.fromkeys((inside, beside)) if p.is_file()]
+  if not found:
+    raise DataLayoutError(
+        f"{origin} has no {CIFAR100_LABELS_FILE} (neither inside nor in {sub}); it gives the "
+        f"coarse labels: put the dataset's label file there")
+  if len(found) == 2 and inside.read_bytes() != beside.read_bytes():
+    raise DataLayoutError(
+        f"{beside} differs from the {CIFAR100_LABELS_FILE} inside the archive; remove it or "
+        f"restore the original")
+  path = found[0]
+  n_fine, n_coarse = _CIFAR100_SIZES
+  try:
+    table = json.loads(path.read_text())
+    fine, coarse = list(table["fine_label_names"]), list(table["coarse_label_names"])
+    f2c = np.asarray(table["fine_to_coarse"])
+    ok = (len(fine) == len(set(fine)) == n_fine and len(coarse) == n_coarse
+          and f2c.shape == (n_fine,) and f2c.dtype.kind in "iu"
+          and sorted(set(f2c.tolist())) == list(range(n_coarse)))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataLayoutError(f"{path} is not a CIFAR-100 label file ({type(e).__name__}: {e}); "
+                          f"restore the dataset's original") from None
+  if not ok:
+    raise DataLayoutError(
+        f"{path} must list {n_fine} distinct fine_label_names, {n_coarse} coarse_label_names "
+        f"and fine_to_coarse as {n_fine} ints covering 0..{n_coarse - 1}; got {len(fine)} "
+        f"fine, {len(coarse)} coarse, fine_to_coarse of shape {f2c.shape}; restore the original")
+  for split in ("train", "test"):
+    d = folder / split
+    have = {p.name for p in d.iterdir() if p.is_dir() and any(
+        q.is_file() for q in p.iterdir())} if d.is_dir() else set()
+    missing, unknown = sorted(set(fine) - have), sorted(have - set(fine))
+    if missing or unknown:
+      what = []
+      if missing:
+        what.append(f"lacks {len(missing)} class folder(s) with images: "
+                    f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+      if unknown:
+        what.append(f"has {len(unknown)} class folder(s) not in {path.name}: "
+                    f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}")
+      raise DataLayoutError(f"{origin}: {split}/ {'; '.join(what)}; it needs the {n_fine} "
+                            f"fine classes of {path.name}: restore the full dataset")
+  return fine, coarse, f2c.astype(np.int64)
+
+
+def _read_image_folder(name: str, sub: Path, src: _FolderSource) -> dict[str, Any]:
+  """Decoded arrays of an image folder (from its ``.npz`` cache when that was
+  made from the same source), checked (CIFAR-100: classes, coarse labels)."""
+  cifar100 = name == "cifar100"
+  cached = _load_npz(src.npz, src.fingerprint, coarse=cifar100)
+  if cached is not None:
+    return cached
+  folder = src.folder if src.archive is None else _extract_once(
+      src.archive, name, src.sha256[src.archive.name])
+  origin = (f"cifar100 archive {src.archive}" if src.archive else
+            f"cifar100 image folder {folder}")
+  labels = _cifar100_labels(folder, sub, origin) if cifar100 else None
+  try:
+    out = load_image_folder(folder, use_cache=False)
+  except (DataNotFoundError, DataLayoutError):
+    raise
+  except Exception as e:  # tf's decode errors: a damaged or non-image file
+    raise DataLayoutError(
+        f"cannot decode the images of {folder} ({type(e).__name__}: {_first_line(e)}); "
+        f"replace the damaged file(s)" + (f" (from {src.archive})" if src.archive else "")
+    ) from None
+  if labels is not None:
+    fine, coarse, f2c = labels
+    # ImageFolder numbers classes alphabetically (= the official CIFAR-100
+    # ids); the coarse label follows the class name.
+    by_id = f2c[[fine.index(c) for c in out["class_names"]]]
+    _attach_coarse(out, {s: by_id[out[s][1]] for s in ("train", "test")}, coarse)
+  _save_npz(src.npz, out, src.fingerprint)
+  return out
 
 
 def resolve_builder(name: str, data_dir: str | None = None, download: bool = False):
@@ -493,6 +722,8 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
   """Returns ``{'train': (x, y), 'test': (x, y), 'num_classes', 'class_names'}``.
 
   ``x`` is uint8 ``[N, H, W, C]``, ``y`` int32 ``[N]``. Cached per process.
+  ``cifar100`` adds ``coarse`` (``{'train', 'test'}``: int32 superclass of each
+  example), ``coarse_class_names`` (20) and ``fine_to_coarse`` (int32 [100]).
   """
   if name not in KNOWN_DATASETS:
     raise ValueError(f"Unknown dataset '{name}'; allowed: {', '.join(KNOWN_DATASETS)}")
@@ -506,11 +737,11 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
     if sub.is_dir():
       found = _find_image_folder(sub, name)
       if found is not None:
-        key = (name, root, found[1])
+        key = (name, root, found.fingerprint)
         with _LOCK:
           if key in _CACHE:
             return _CACHE[key]
-        out = load_image_folder(found[0], fingerprint=found[1])
+        out = _read_image_folder(name, sub, found)
       elif any(p.name in _MANUAL_FILES.get(name, ()) for p in sub.iterdir()):
         missing = [f for f in _MANUAL_FILES[name] if not (sub / f).exists()]
         if missing and not download:
@@ -522,7 +753,7 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
           if key in _CACHE:
             return _CACHE[key]
         npz = cache_dir() / "arrays" / f"{name}_{key[2]}.npz"
-        out = _load_npz(npz, key[2])
+        out = _load_npz(npz, key[2], coarse=name == "cifar100")
         if out is None:
           out = _builder_arrays(name, str(sub), download, looked)
           _save_npz(npz, out, key[2])

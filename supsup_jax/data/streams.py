@@ -442,6 +442,36 @@ def _class_order(n, seed):
   return [int(c) for c in np.asarray(jax.random.permutation(jax.random.key(seed), n))]
 
 
+# NumPy's legacy generator takes seeds below 2**32.
+_LEGACY_SEED_MAX = 2**32 - 1
+
+
+def supsup_cifar100_order(seed: int) -> list[int]:
+  """The class order of the SupSup authors' SplitCIFAR100: task t is
+  ``order[5t:5t+5]``, labelled 0..4 in that order.
+
+  Source: Wortsman et al., "Supermasks in Superposition" (NeurIPS 2020), code
+  github.com/RAIVNLab/supsup. All six GG SplitCIFAR100 configs
+  (experiments/GG/splitcifar100/configs/rn18-*.yaml) use ``set:
+  RandSplitCIFAR100`` (data/partitioncifar.py), which seeds NumPy's global
+  legacy generator with the run's seed, draws one permutation of the 100 fine
+  labels, and gives task t the classes at positions 5t..5t+4, each relabelled
+  by its position there (so neither consecutive fine labels nor sorted). Their
+  scripts run seeds 0..4 (``range(--seeds)``; the README: five seeds for the
+  reported SplitCIFAR100 numbers), each seed with its own split. The paper
+  says SplitCIFAR100 "follows Wen et al." (BatchEnsemble, ICLR 2020: 20 tasks
+  of 5 classes); Wen et al.'s lifelong-learning code is not in the stored
+  google/edward2 or google/uncertainty-baselines snapshots, so this is the
+  SupSup authors' realisation of that split. ``RandomState(seed)`` draws the
+  same numbers as the global generator after ``np.random.seed(seed)``, and
+  NumPy keeps the legacy stream fixed across versions.
+  """
+  seed = as_int("class_order_seed", seed, 0, _LEGACY_SEED_MAX,
+                " for split_cifar100 (the authors' split seeds NumPy's legacy generator; "
+                "default: the stream's seed)")
+  return [int(c) for c in np.random.RandomState(seed).permutation(100)]
+
+
 def _chunks(order, size, num_tasks):
   return [order[i * size:(i + 1) * size] for i in range(num_tasks)]
 
@@ -490,14 +520,16 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
     name: one of ``STREAMS``.
     num_tasks: default 10 (permuted), 36 (rotated), 5 (split MNIST/Fashion/CIFAR-10),
       20 (split CIFAR-100), 100 (split ImageNet); split streams allow fewer.
-    seed: drives batch order, permutations and (CIFAR-100) the class split.
+    seed: drives batch order, permutations and (CIFAR-100) the class split
+      (the SupSup authors' split of that seed, :func:`supsup_cifar100_order`).
     data_dir: folder like ``shared/data``; ``None`` -> env ``SUPSUP_DATA_DIR``; if
       neither, tfds defaults (online download).
     download: also allow a tfds download when ``data_dir`` lacks the files.
     **options: ``rotation_step_deg`` (10.), ``shared_labels`` (False),
       ``augment`` (False; CIFAR train random crop 4px + flip; ImageNet flip),
       ``class_order`` (explicit class order for split streams),
-      ``class_order_seed`` (CIFAR-100 default: ``seed``; ImageNet default: 0),
+      ``class_order_seed`` (CIFAR-100 default: ``seed``, 0..2**32-1; ImageNet
+      default: 0),
       ``image_size`` (ImageNet, 224), ``shuffle_buffer`` (ImageNet, 16384).
   """
   if name not in STREAMS:
@@ -514,6 +546,8 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
   augment = bool(opts.get("augment", False))
   _check_options(opts)
   _check_num_tasks(name, num_tasks, 1)  # type and >= 1 now; the maximum after loading
+  if name == "split_cifar100" and opts.get("class_order") is None:
+    supsup_cifar100_order(opts.get("class_order_seed", seed))  # its seed range, before loading
 
   if name in ("permuted_mnist", "rotated_mnist"):
     data = sources.load_dataset("mnist", data_dir, download)
@@ -545,7 +579,9 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
     if sorted(order) != list(range(len(order))) or len(order) != total:
       raise ValueError(f"class_order must be a permutation of 0..{total - 1}")
   elif base == "cifar100":
-    order = _class_order(total, opts.get("class_order_seed", seed))
+    if total != 100:
+      raise ValueError(f"split_cifar100 needs the 100 CIFAR-100 classes, the data has {total}")
+    order = supsup_cifar100_order(opts.get("class_order_seed", seed))
   else:
     order = list(range(total))
   n = _check_num_tasks(name, num_tasks, total // per, total // per)

@@ -15,7 +15,10 @@ common keys and the method's own sub-config (``config.supsup``,
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
+
+from supsup_jax.learner import Learner
 
 #: Method names (``config.method``) and their ``module:function`` builders.
 METHODS: dict[str, str] = {
@@ -41,6 +44,23 @@ def check_method(method: str) -> None:
                    "or 'package.module:function' for your own learner")
 
 
+def _module(method: str):
+  module = METHODS.get(method, method).split(":")[0]
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise ValueError(f"config.method {method!r}: cannot import {module} ({e})") from None
+
+
+def check_config(method: str, config: Any) -> None:
+  """The method's own check of its config part (its module's
+  ``check_config(config)``, if it has one), before any data is loaded."""
+  check_method(method)
+  check = getattr(_module(method), "check_config", None)
+  if check is not None:
+    check(config)
+
+
 def make_learner(method: str, config: Any, stream: Any):
   """The learner ``method`` for ``config`` over ``stream``.
 
@@ -53,4 +73,15 @@ def make_learner(method: str, config: Any, stream: Any):
     factory = getattr(importlib.import_module(module), fn)
   except (ImportError, AttributeError) as e:
     raise ValueError(f"config.method {method!r}: cannot load {module}:{fn} ({e})") from None
-  return factory(config, stream)
+  what = ("a learner factory must be a function(config, stream) -> "
+          "supsup_jax.learner.Learner")
+  try:
+    inspect.signature(factory).bind(config, stream)
+  except (TypeError, ValueError):
+    raise ValueError(f"config.method {method!r}: {module}:{fn} does not take (config, "
+                     f"stream); {what}") from None
+  learner = factory(config, stream)
+  if not isinstance(learner, Learner):
+    raise ValueError(f"config.method {method!r}: {module}:{fn} returned "
+                     f"{type(learner).__name__}, not a Learner; {what}")
+  return learner

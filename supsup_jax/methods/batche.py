@@ -44,6 +44,10 @@ from supsup_jax.learner import Learner
 from supsup_jax.methods import options
 from supsup_jax.methods import trained_net
 
+# Its config keys are those of any learner with trained weights.
+check_config = trained_net.check_config
+
+
 INFERENCE = ("entropy", "oneshot")
 _SALT = 0xBA7C4E  # keeps the factors' random stream apart from other uses of the seed
 

@@ -342,6 +342,13 @@ def build_from_config(config: Any, stream: Any) -> tuple[Learner, Parts]:
                    "recovery_batch_size", 64)))
 
 
+def check_config(config: Any) -> None:
+  """HopSupSup's keys (the learner keys and ``config.hopfield``), checked
+  before any data is loaded."""
+  options.check_learner_keys(config)
+  read_config(config)
+
+
 def from_config(config: Any, stream: Any) -> Learner:
   """The registered entry point (``METHODS["hopsupsup"]``)."""
   return build_from_config(config, stream)[0]

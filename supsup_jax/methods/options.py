@@ -92,3 +92,20 @@ def number(key: str, value: Any, *, low: float = -math.inf, high: float = math.i
     raise ValueError(f"{key} must be a number in {left}{low:g}, {high:g}{right}, "
                      f"got {value!r}")
   return float(value)
+
+
+def check_learner_keys(config: Any) -> None:
+  """The top-level keys every learner built from a config reads (model, weight
+  init, optimizer and its numbers), checked before any data is loaded."""
+  # pylint: disable=import-outside-toplevel
+  from supsup_jax import models
+  from supsup_jax import optim
+  from supsup_jax import weights as weights_lib
+  # pylint: enable=import-outside-toplevel
+  choice("config.model", config.get("model"), tuple(models.MODELS))
+  choice("config.init", config.get("init"), tuple(weights_lib.INITS))
+  number("config.learning_rate", config.get("learning_rate"), low=0, low_open=True)
+  for key in ("momentum", "weight_decay"):
+    number(f"config.{key}", config.get(key, 0.0), low=0)
+  optim.make_optimizer(config.get("optimizer"), config.get("learning_rate"),
+                       schedule=config.get("schedule", "constant"))  # validates names

@@ -221,6 +221,15 @@ def make(model, weights, optimizer, *, input_shape, num_classes: int, num_tasks:
                  logits=logits, summary=summary, trains_weights=True)
 
 
+def check_config(config) -> None:
+  """PackNet's keys (the learner keys, ``config.trained_net``,
+  ``config.packnet``), checked before any data is loaded."""
+  trained_net.check_config(config)
+  part = options.part(config, "packnet", PACKNET_DEFAULTS)
+  check_options(part["prune_fraction"], part["prune_at"], int(config.num_tasks),
+                prefix="config.packnet.")
+
+
 def from_config(config, stream) -> Learner:
   """PackNet for an experiment config: the common keys, ``config.packnet``
   (``prune_fraction``, ``prune_at``) and ``config.trained_net`` (``init``,

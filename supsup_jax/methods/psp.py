@@ -38,6 +38,10 @@ from supsup_jax import weights as weights_lib
 from supsup_jax.learner import Learner
 from supsup_jax.methods import trained_net
 
+# Its config keys are those of any learner with trained weights.
+check_config = trained_net.check_config
+
+
 _SALT = 0x9595  # keeps the contexts' random stream apart from other uses of the seed
 
 

@@ -20,6 +20,9 @@ from supsup_jax.learner import Learner
 from supsup_jax.methods import options
 from supsup_jax.methods import trained_net
 
+# Its config keys are those of any learner with trained weights.
+check_config = trained_net.check_config
+
 
 def make(model, weights, optimizer, *, input_shape, num_classes: int, capacity: int,
          learning_rate: float, adapt_learning_rate: float = 1e-2,

@@ -144,20 +144,28 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
                    else distributed.place_replicated(memory["bank"], mesh))
     return out
 
-  def infer_task(memory, num_learned, images_many):
-    mesh = sharded_inference.rows_mesh(memory["bank"])
-    if mesh is not None:  # rows split over devices: the pass runs where they are
-      fn = (sharded_inference.oneshot_many if inference_algorithm == "oneshot"
-            else sharded_inference.binary_many)
-      return fn(masked, memory["weights"], memory["bank"], images_many, mesh,
-                objective=inference_objective, num_tasks=num_learned)
-    if inference_algorithm == "oneshot":
-      grads = inference.alpha_grads_many(masked, memory["weights"], memory["bank"],
-                                         images_many, objective=inference_objective,
-                                         num_tasks=num_learned)
-      return np.asarray(jnp.argmin(grads, axis=-1))
-    return inference.binary_many(masked, memory["weights"], memory["bank"], images_many,
-                                 objective=inference_objective, num_tasks=num_learned)
+  def infer_task_with(objective: str):
+    """Task inference with ``objective`` (the learner's own, or another one
+    to compare against, e.g. the G objective beside H)."""
+    inference.check_objective(objective)
+
+    def infer(memory, num_learned, images_many):
+      mesh = sharded_inference.rows_mesh(memory["bank"])
+      if mesh is not None:  # rows split over devices: the pass runs where they are
+        fn = (sharded_inference.oneshot_many if inference_algorithm == "oneshot"
+              else sharded_inference.binary_many)
+        return fn(masked, memory["weights"], memory["bank"], images_many, mesh,
+                  objective=objective, num_tasks=num_learned)
+      if inference_algorithm == "oneshot":
+        grads = inference.alpha_grads_many(masked, memory["weights"], memory["bank"],
+                                           images_many, objective=objective,
+                                           num_tasks=num_learned)
+        return np.asarray(jnp.argmin(grads, axis=-1))
+      return inference.binary_many(masked, memory["weights"], memory["bank"], images_many,
+                                   objective=objective, num_tasks=num_learned)
+    return infer
+
+  infer_task = infer_task_with(inference_objective)
 
   def _mixed_grad(memory, n_fresh, denom, images):
     weights_ = memory["weights"]
@@ -225,6 +233,7 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
                  init_memory=init_memory, init_task=init_task, train_step=train_step,
                  end_task=end_task, logits=logits, summary=summary,
                  trains_weights=False, infer_task=infer_task,
+                 infer_task_with=infer_task_with,
                  detect_task=detect_task, reopen_task=reopen_task,
                  place_memory=place_memory)
 
@@ -244,6 +253,24 @@ def read_config(config) -> dict:
     part["keep_scores"] = bool(config.num_tasks <= 20)
   options.flag("config.supsup.keep_scores", part["keep_scores"])
   return part
+
+
+def check_config(config) -> None:
+  """Everything SupSup reads from a config, checked before any data is loaded:
+  the learner keys, ``config.supsup``, the mask (``mask_kind``, ``sparsity``,
+  ``er_sparsity``) and, outside GG, task inference (``inference_algorithm``,
+  ``inference_objective``, ``compare_objectives``)."""
+  options.check_learner_keys(config)
+  read_config(config)
+  options.number("config.sparsity", config.get("sparsity"))
+  masks_lib.MaskSpec(config.mask_kind, config.sparsity)  # validates kind and k
+  if config.get("er_sparsity"):
+    options.number("config.er_sparsity", config.er_sparsity, low=0, high=1)
+  if config.get("scenario", "GG") != "GG":
+    options.choice("config.inference_algorithm", config.inference_algorithm,
+                   inference.ALGORITHMS)
+    for objective in (config.inference_objective, *(config.get("compare_objectives") or ())):
+      inference.check_objective(objective)
 
 
 def from_config(config, stream) -> Learner:
@@ -273,8 +300,9 @@ def from_config(config, stream) -> Learner:
       weight_decay=config.weight_decay, schedule=config.schedule,
       total_steps=learner_lib.steps_per_task(config, stream),
       warmup_steps=int(config.get("warmup_steps") or 0))
-  capacity = (int(config.max_masks) if config.scenario == "NNs"
-              else int(config.num_tasks))
+  # NNs allocates masks as it detects new data, up to the loop's cap.
+  capacity = (int((config.get("nns") or {}).get("max_masks", 2500))
+              if config.scenario == "NNs" else int(config.num_tasks))
   return make(masked, weights, optimizer, capacity=capacity,
               initial_batch_stats=batch_stats, transfer=part["transfer"],
               keep_scores=part["keep_scores"],

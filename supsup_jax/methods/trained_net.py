@@ -127,6 +127,13 @@ def read_config(config) -> dict:
   return part
 
 
+def check_config(config) -> None:
+  """The keys a learner with trained weights reads (the learner keys and
+  ``config.trained_net``), checked before any data is loaded."""
+  options.check_learner_keys(config)
+  read_config(config)
+
+
 def config_kwargs(config, stream, *, adapt: bool = False) -> dict:
   """Keyword arguments of a weight-training learner's ``make`` for an
   experiment config (keys of ``launch/configs/common.py``) over ``stream``.

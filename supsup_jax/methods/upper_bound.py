@@ -15,6 +15,9 @@ import jax.numpy as jnp
 from supsup_jax.learner import Learner
 from supsup_jax.methods import trained_net
 
+# Its config keys are those of any learner with trained weights.
+check_config = trained_net.check_config
+
 
 def make(model, weights, optimizer, *, input_shape, num_classes: int, capacity: int,
          learning_rate: float, batch_stats=None, init: str = "kaiming_normal") -> Learner:

@@ -7,7 +7,7 @@ builds the data stream and the learner named by ``config.method`` (see
 * GG, GNs, GNu: tasks one after another (or ``tasks_in_parallel`` at a time
   with ``vmap``), the task id given to training; evaluation at the configured
   points with the task given (GG) or inferred (GN).
-* NNs: one stream of batches with no task id; every ``nns_check_every``
+* NNs: one stream of batches with no task id; every ``nns.check_every``
   batches the learner's ``detect_task`` decides whether the data is new
   (allocate a new slot) or which slot to keep training.
 
@@ -37,15 +37,10 @@ import numpy as np
 from supsup_jax import distributed
 from supsup_jax.runs import evaluation
 from supsup_jax.runs import scaffold
-from supsup_jax import inference
 from supsup_jax import learner as learner_lib
-from supsup_jax import masks as masks_lib
 from supsup_jax import methods
 from supsup_jax import metrics
-from supsup_jax import models
-from supsup_jax import optim
 from supsup_jax import state_io
-from supsup_jax import weights as weights_lib
 from supsup_jax.data.task_free import TaskFreeStream
 
 SCENARIOS = learner_lib.SCENARIOS
@@ -61,14 +56,33 @@ def _finite_number(config, key, *, low=None, low_inclusive=True):
     raise ValueError(f"config.{key} must be a finite number{bound}, got {value!r}")
 
 
+NNS_DEFAULTS = {"check_every": 100, "max_masks": 2500}
+
+
+def nns_part(config) -> dict:
+  """``config.nns`` (the NNs loop's own keys), validated."""
+  for old, new in (("nns_check_every", "check_every"), ("max_masks", "max_masks")):
+    if old in config:
+      raise ValueError(f"config.{old} is now config.nns.{new}")
+  part = dict(NNS_DEFAULTS, **dict(config.get("nns") or {}))
+  unknown = sorted(set(part) - set(NNS_DEFAULTS))
+  if unknown:
+    raise ValueError(f"config.nns has no key {unknown[0]!r}; allowed: "
+                     f"{', '.join(sorted(NNS_DEFAULTS))}")
+  for key in NNS_DEFAULTS:
+    if not isinstance(part[key], int) or isinstance(part[key], bool) or part[key] < 1:
+      raise ValueError(f"config.nns.{key} must be an int >= 1, got {part[key]!r}")
+  return part
+
+
 def _validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the config before any data is loaded or anything is traced."""
+  """The loop's own keys, then the learner's check of its part (both before
+  any data is loaded or anything is traced)."""
   def need(cond, msg):
     if not cond:
       raise ValueError(msg)
   need(config.scenario in SCENARIOS,
        f"config.scenario {config.scenario!r} unknown; allowed: {', '.join(SCENARIOS)}")
-  methods.check_method(config.get("method", "supsup"))
   need(isinstance(config.num_tasks, int) and config.num_tasks >= 1,
        f"config.num_tasks must be a positive int, got {config.num_tasks!r}")
   need(isinstance(config.batch_size, int) and config.batch_size >= 1,
@@ -76,41 +90,17 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   its, eps = config.get("iterations_per_task"), config.get("epochs_per_task")
   need((its or 0) > 0 or (eps or 0) > 0,
        "set config.iterations_per_task or config.epochs_per_task to a positive number")
-  need(config.model in models.MODELS,
-       f"config.model {config.model!r} unknown; allowed: {', '.join(models.MODELS)}")
-  need(config.init in weights_lib.INITS,
-       f"config.init {config.init!r} unknown; allowed: {', '.join(weights_lib.INITS)}")
-  for key in ("learning_rate",):
-    _finite_number(config, key, low=0, low_inclusive=False)
-  for key in ("momentum", "weight_decay"):
-    _finite_number(config, key, low=0)
-  _finite_number(config, "sparsity")
   if config.get("checkpoint_every_minutes") is not None:
     _finite_number(config, "checkpoint_every_minutes", low=0)
-  masks_lib.MaskSpec(config.mask_kind, config.sparsity)  # validates kind and k
-  optim.make_optimizer(config.optimizer, config.learning_rate,
-                       schedule=config.schedule)  # validates names
   distributed.parse_mesh(config.get("mesh"))  # syntax; sizes vs devices in run()
   need(isinstance(config.tasks_in_parallel, int) and config.tasks_in_parallel >= 1,
        f"config.tasks_in_parallel must be an int >= 1, got {config.tasks_in_parallel!r}")
-  if config.scenario != "GG":
-    need(config.inference_algorithm in inference.ALGORITHMS,
-         f"config.inference_algorithm {config.inference_algorithm!r} unknown; allowed: "
-         f"{', '.join(inference.ALGORITHMS)}")
-    for objective in (config.inference_objective, *(config.get("compare_objectives") or ())):
-      inference.check_objective(objective)
+  if config.scenario != "GG":  # the evaluator's inference keys
     need(isinstance(config.inference_examples, int) and config.inference_examples >= 0,
          "config.inference_examples must be an int >= 0 (0 = whole batch), got "
          f"{config.inference_examples!r}")
-    objectives = {config.inference_objective, *(config.get("compare_objectives") or ())}
-    need("g" not in objectives or (config.get("num_outputs") or 0) > 0,
-         "objective 'g' needs superfluous neurons: set config.num_outputs above the "
-         "number of classes per task (e.g. --config.num_outputs=500)")
   if config.scenario == "NNs":
-    need(isinstance(config.get("max_masks"), int) and config.max_masks >= 1,
-         f"config.max_masks must be an int >= 1, got {config.get('max_masks')!r}")
-    need(isinstance(config.get("nns_check_every"), int) and config.nns_check_every >= 1,
-         f"config.nns_check_every must be an int >= 1, got {config.get('nns_check_every')!r}")
+    nns_part(config)
     need((its or 0) > 0, "NNs needs config.iterations_per_task > 0 (tasks switch "
          "every that many batches)")
     need(config.tasks_in_parallel == 1, "NNs trains one mask at a time: set "
@@ -120,6 +110,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   for t in config.get("eval_after_tasks") or ():
     need(isinstance(t, int) and t >= 1,
          f"config.eval_after_tasks entries must be ints >= 1, got {t!r}")
+  methods.check_config(config.get("method", "supsup"), config)
 
 
 def _eval_points(config) -> list[int]:
@@ -154,12 +145,13 @@ def build(config: ml_collections.ConfigDict, *, validated: bool = False) -> Setu
   learner = methods.make_learner(method, config, stream)
   learner_lib.check_serves(learner, config.scenario)
   extra = {}
-  if config.scenario != "GG":
-    for objective in config.get("compare_objectives") or ():
-      if objective != config.inference_objective:
-        other = ml_collections.ConfigDict(config.to_dict())
-        other.inference_objective = objective
-        extra[objective] = methods.make_learner(method, other, stream).infer_task
+  others = [o for o in (config.get("compare_objectives") or ())
+            if o != config.inference_objective]
+  if config.scenario != "GG" and others:
+    if learner.infer_task_with is None:
+      raise ValueError(f"learner {learner.name!r} cannot infer the task with another "
+                       f"objective; remove config.compare_objectives ({', '.join(others)})")
+    extra = {o: learner.infer_task_with(o) for o in others}
   return Setup(stream, learner, learner_lib.steps_per_task(config, stream), extra)
 
 
@@ -460,8 +452,9 @@ def _run_nns(run: _Run) -> dict:
   def placed(state):
     state = _own(state)
     return state if run.mesh is None else distributed.place_replicated(state, run.mesh)
-  its, check_every = stream.iterations_per_task, int(config.nns_check_every)
-  max_masks = int(config.max_masks)
+  nns = nns_part(config)
+  its, check_every = stream.iterations_per_task, nns["check_every"]
+  max_masks = nns["max_masks"]
   eval_points = _eval_points(config)
   m = run.meta
   b = int(m.get("b", 0))
