@@ -452,7 +452,7 @@ def supsup_cifar100_order(seed: int) -> list[int]:
 
   Source: Wortsman et al., "Supermasks in Superposition" (NeurIPS 2020), code
   github.com/RAIVNLab/supsup. All six GG SplitCIFAR100 configs
-  (experiments/GG/splitcifar100/configs/rn18-*.yaml) use ``set:
+  (``experiments/GG/splitcifar100/configs/rn18-*.yaml``) use ``set:
   RandSplitCIFAR100`` (data/partitioncifar.py), which seeds NumPy's global
   legacy generator with the run's seed, draws one permutation of the 100 fine
   labels, and gives task t the classes at positions 5t..5t+4, each relabelled
