@@ -32,5 +32,7 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3"],
+        # The Sphinx site (docs/): python -m sphinx -W -b html docs docs/_build/html
+        "docs": ["sphinx>=7.2", "myst-parser>=3", "furo>=2024.1.29"],
     },
 )

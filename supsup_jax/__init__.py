@@ -1,7 +1,7 @@
 """supsup_jax: Supermasks in Superposition in JAX/Flax.
 
 Masks and scores are pytrees over an immutable random weight tree derived
-from a seed. See README.md for a tour.
+from a seed. See README.md for a tour and docs/ for the guide and this API.
 """
 from supsup_jax import bank
 from supsup_jax import learner

@@ -87,10 +87,11 @@ class Layout:
 class BankState:
   """Masks of up to ``capacity`` tasks (a pytree; layout and packing static).
 
-  rows: ``[capacity, bytes_per_task]`` uint8 (packed) or ``[capacity,
-    num_bits]`` bool; rows past ``num_tasks`` are zero.
-  counts: ``[num_bits]`` int32, per weight the number of stored masks keeping it.
-  num_tasks: int32 scalar, tasks stored (rows ``0 .. num_tasks - 1``).
+  Attributes:
+    rows: ``[capacity, bytes_per_task]`` uint8 (packed) or
+      ``[capacity, num_bits]`` bool; rows past ``num_tasks`` are zero.
+    counts: ``[num_bits]`` int32, per weight the number of stored masks keeping it.
+    num_tasks: int32 scalar, tasks stored (rows ``0 .. num_tasks - 1``).
   """
   rows: jax.Array
   counts: jax.Array
@@ -348,8 +349,7 @@ def rows_weighted_sum(rows: jax.Array, a: jax.Array, num_rows, num_bits: int, *,
                       packed: bool = True, block: int = 64) -> jax.Array:
   """``a[:, :num_rows] @ unpack(rows[:num_rows])``: ``[N, num_bits]`` float32
   for per-row weights ``a [N, capacity]`` (binary inference: each unit's
-  alive tasks). On CPU the compiled kernel (:func:`supsup_jax.bitdot.
-  rows_weighted_sum`); elsewhere ``block`` rows at a time unpacked and
+  alive tasks). On CPU the compiled kernel (:func:`supsup_jax.bitdot.rows_weighted_sum`); elsewhere ``block`` rows at a time unpacked and
   multiplied. Not differentiable on the kernel path."""
   if (packed and rows.ndim == 2 and rows.dtype == jnp.uint8 and a.ndim == 2
       and jax.default_backend() == "cpu"):

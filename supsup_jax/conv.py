@@ -103,7 +103,7 @@ def use_fast_conv(fast_conv, model: str) -> bool:
     line may give them). True (the default of the configs) on the CPU
     backend: XLA:CPU's own convolution gradients are fast in a lone jitted
     step but 10-50x slower inside a ``lax.scan``/``while`` body, where the run
-    loop trains (README, "Benchmarks"); this module's are matmuls and keep
+    loop trains (docs/guide/benchmarks.md); this module's are matmuls and keep
     their speed there.
   model: a name of :data:`supsup_jax.models.MODELS`; False for models
     without convolutions. Off the CPU backend always False.

@@ -54,6 +54,7 @@ def maybe_initialize(spec: str | None = None) -> bool:
     * empty: initialize only if ``$JAX_COORDINATOR_ADDRESS``,
       ``$JAX_NUM_PROCESSES`` and ``$JAX_PROCESS_ID`` are all set (the usual
       environment of a hand-started multi-process job), else do nothing.
+
   Must run before any JAX computation. On CPU the processes exchange
   collectives through gloo (``jax_cpu_collectives_implementation``).
   """

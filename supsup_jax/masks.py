@@ -106,11 +106,11 @@ def _topk_flat_mask(magnitude: jax.Array, n_keep: int) -> jax.Array:
 
 
 def topk_mask(scores: jax.Array, k: float) -> jax.Array:
-  """Keeps exactly ``num_kept(k, scores.size)`` entries with largest |score|.
+  """Keeps exactly ``num_kept(k, scores.size)`` entries with largest ``|score|``.
 
   Ties are broken towards the lower flat index (as ``lax.top_k`` does), so
   the result is deterministic. The gradient passes straight through to the
-  ranked quantity |scores| (as edge-popup does), so
+  ranked quantity ``|scores|`` (as edge-popup does), so
   dL/dscores = dL/dmask * sign(scores): equal to dL/dmask for non-negative
   scores, and a weight that should be kept always gains rank.
 
@@ -203,7 +203,7 @@ def masks_from_scores(scores: Mapping, kind: str = "topk",
 
   Args:
     scores: tree of score arrays.
-    kind: "topk" (per-layer top-k by |score|) or "threshold" (scores >= 0).
+    kind: "topk" (per-layer top-k by ``|score|``) or "threshold" (scores >= 0).
     k: for top-k, a keep fraction in (0, 1] for every layer, or a tree of
       per-layer fractions (e.g. :func:`er_fractions`).
   """

@@ -231,6 +231,7 @@ def ResNet50(num_outputs: int = 1000, **kw: Any) -> ResNet:  # pylint: disable=i
   return ResNet((3, 4, 6, 3), "bottleneck", 64, num_outputs, "imagenet", **kw)
 
 
+#: Model names (``config.model``) and their constructors.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300100": LeNet300100,
     "fc10241024": FC10241024,

@@ -104,7 +104,8 @@ def masked_call(graphdef: nnx.GraphDef, weights: Any, masks: Mapping,
       carries the straight-through gradient to the scores.
     other_state: the rest of ``nnx.split`` (batch statistics, RNG counters;
       an empty ``nnx.State`` for a parameter-only model).
-    *args, **kwargs: passed to the module's ``__call__`` (e.g. the input).
+    *args: passed to the module's ``__call__`` (e.g. the input).
+    **kwargs: passed to the module's ``__call__``.
     return_state: also return the updated ``other_state`` (e.g. batch-norm
       statistics after a call in training mode).
 

@@ -56,7 +56,7 @@ def make_train_step(masked: MaskedModel, optimizer: optax.GradientTransformation
                     ) -> Callable:
   """Returns the (un-jitted) step ``(weights, state, images, labels) -> (state, metrics)``.
 
-  images: float32 [B, *input_shape]; labels: int32 [B].
+  images: float32 ``[B, *input_shape]``; labels: int32 [B].
   metrics: {"loss", "accuracy"} scalars.
   """
 

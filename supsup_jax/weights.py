@@ -20,6 +20,7 @@ import numpy as np
 
 from supsup_jax import tree as tree_lib
 
+#: The weight initialisations ``init_weights`` and ``random_kernel`` accept.
 INITS = ("signed_constant", "unsigned_constant", "kaiming_normal",
          "kaiming_uniform")
 
@@ -128,7 +129,7 @@ def random_kernel(seed: int, path: tree_lib.Path, shape: tuple[int, ...],
                   bits: np.ndarray | None = None) -> np.ndarray:
   """One fixed random kernel as float32 numpy, fan-in taken from ``shape``.
 
-  ``bits`` (uint32 [n, *shape]) may be passed in when drawn in bulk.
+  ``bits`` (uint32 ``[n, *shape]``) may be passed in when drawn in bulk.
   """
   _check_init(init)
   seed, gain = check_seed(seed), _check_gain(gain)

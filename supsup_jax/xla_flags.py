@@ -2,7 +2,7 @@
 
 On the CPU, XLA 0.10 routes small matmuls through its YNNPACK fusions and
 vectorises loops 256 bits wide. For the networks here both lose: measured on
-a 2-core Sapphire Rapids (README, "Benchmarks"), turning the fusions off and
+a 2-core Sapphire Rapids (docs/guide/benchmarks.md), turning the fusions off and
 preferring 512-bit vectors made the LeNet score step ~20 % faster, one-shot
 inference over 2,500 masks ~30 % faster and the conv train step ~30 % faster.
 

@@ -167,13 +167,13 @@ def test_masked_call_returns_updated_batch_stats():
                              rtol=1e-4, atol=1e-4)
 
 
-def test_readme_nnx_example_runs():
-  readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "README.md")
-  section = open(readme).read().split("## Flax NNX models", 1)[1]
+def test_docs_nnx_example_runs():
+  page = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "docs", "guide", "library.md")
+  section = open(page).read().split("## Flax NNX models", 1)[1]
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
   namespace = {}
-  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  exec(compile(code, "docs/guide/library.md", "exec"), namespace)  # pylint: disable=exec-used
   assert namespace["task_id"] == 0
   weights, params = namespace["weights"], namespace["params"]
   # The weights are the seeded ones and not the module's initial values.

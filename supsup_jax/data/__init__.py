@@ -1,6 +1,6 @@
 """Data layer of supsup_jax: tfds loading (online or offline) and task streams.
 
-See the "Data" section of README.md. Main entry point: :func:`make_stream`.
+See docs/guide/data.md. Main entry point: :func:`make_stream`.
 """
 from supsup_jax.data.sources import (
     DataChecksumError,

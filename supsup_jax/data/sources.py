@@ -1,10 +1,11 @@
 """Loading base datasets (MNIST, Fashion-MNIST, CIFAR-10/100, ImageNet) through tfds.
 
-Resolution order for a dataset ``name`` (see the "Data" section of README.md):
+Resolution order for a dataset ``name`` (see docs/guide/data.md):
 
 1. ``data_dir`` argument, else env ``SUPSUP_DATA_DIR``: a folder laid out like
    ``shared/data`` (``mnist/``, ``fashion_mnist/``, ``cifar10/`` ...). Inside
    ``<data_dir>/<name>/``:
+
      * ``train/<class>/*`` and ``test/<class>/*`` -> read with
        ``tfds.folder_dataset.ImageFolder``;
      * ``*_images.tar.gz`` -> unpacked once (atomically) into the cache dir, then
@@ -13,6 +14,7 @@ Resolution order for a dataset ``name`` (see the "Data" section of README.md):
      * otherwise the raw files of the official tfds builder (e.g. the four MNIST
        ``.gz`` idx files) -> given to the builder as ``manual_dir`` (each dataset
        with its own ``extract_dir``), no network access.
+
 2. Neither set (or ``download=True``): the official tfds builder with its default
    download (online).
 

@@ -283,7 +283,7 @@ class PermutedStream(InMemoryStream):
   def _take_images(self, x_uint8, task_id, idx):
     # One gather of (image, permuted pixel) bytes instead of a row gather and
     # then a pixel gather of floats: the same values, ~2x less batch time on
-    # a CPU (README, "Benchmarks"). Indices are in range by construction
+    # a CPU (docs/guide/benchmarks.md). Indices are in range by construction
     # (idx < n, the permutation < H*W*C), so the gather skips its clamping.
     d = int(np.prod(x_uint8.shape[1:]))
     if x_uint8.size >= 2**31:  # flat int32 offsets would overflow
@@ -452,7 +452,7 @@ def supsup_cifar100_order(seed: int) -> list[int]:
 
   Source: Wortsman et al., "Supermasks in Superposition" (NeurIPS 2020), code
   github.com/RAIVNLab/supsup. All six GG SplitCIFAR100 configs
-  (experiments/GG/splitcifar100/configs/rn18-*.yaml) use ``set:
+  (``experiments/GG/splitcifar100/configs/rn18-*.yaml``) use ``set:
   RandSplitCIFAR100`` (data/partitioncifar.py), which seeds NumPy's global
   legacy generator with the run's seed, draws one permutation of the 100 fine
   labels, and gives task t the classes at positions 5t..5t+4, each relabelled

@@ -20,6 +20,7 @@ from typing import Any
 
 from supsup_jax.learner import Learner
 
+#: Method names (``config.method``) and their ``module:function`` builders.
 METHODS: dict[str, str] = {
     "supsup": "supsup_jax.methods.supsup:from_config",
     "hopsupsup": "supsup_jax.methods.hopsupsup:from_config",

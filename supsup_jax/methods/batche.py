@@ -24,6 +24,7 @@ scripts).
 
 ``abatche`` also infers the task at test time (GN scenarios), chosen by
 ``config.abatche.inference``:
+
   * "entropy": run every learned member and take the one whose outputs have
     the lowest mean entropy (the paper's ABatchE);
   * "oneshot": superpose the members, W ⊙ Σ_t α_t r_t s_tᵀ with α uniform

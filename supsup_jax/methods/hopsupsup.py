@@ -90,15 +90,19 @@ class Parts(NamedTuple):
   """HopSupSup's functions beyond the learner protocol (all pure, jittable).
 
   masks_of(task_state) -> tuple of bool [d_l]: the task's gain masks now.
+
   apply(memory, masks, images[n, ...]) -> logits [n, C] with the given masks.
-  recover(memory, batches[Bmax, n, ...], num_batches, reference) ->
-    (masks, hamming[Bmax + 1]): recovered masks (tuple of bool [d_l]) after
+
+  recover(memory, batches[Bmax, n, ...], num_batches, reference) -> (masks, hamming[Bmax + 1])
+    recovered masks (tuple of bool [d_l]) after
     ``num_batches`` (<= Bmax, may be traced) steps; ``hamming[k]`` is the
     Hamming distance, summed over layers, between the mask after k steps and
     ``reference`` (tuple of bool [d_l], e.g. the stored masks; zeros if not
     needed); it stays constant past ``num_batches``. vmappable over tasks
     (batches, num_batches, reference).
-  recover_by_energy(stores, s0, steps) -> masks after ``steps`` SGD steps on
+
+  recover_by_energy(stores, s0, steps) -> masks
+    after ``steps`` SGD steps on
     the energy alone from start scores ``s0`` (tuple of float [d_l]).
   """
   model: GainBNSwishMLP

@@ -56,7 +56,7 @@ def context_matmul(key: jax.Array, n: int, x: jax.Array) -> jax.Array:
   """``C @ x`` for the Haar-random orthogonal ``C`` [n, n] of ``key``.
 
   x: ``[n, m]``. C = H_0 H_1 ... H_{n-2} D, where H_k reflects coordinates
-  k..n-1 along v_k = z_k + sign(z_k[k]) |z_k| e_k with z_k Gaussian on those
+  k..n-1 along v_k = z_k + sign(z_k[k]) ``|z_k|`` e_k with z_k Gaussian on those
   coordinates, and D_kk = -sign(z_k[k]) (D_{n-1} the sign of one more
   Gaussian) makes the implied R diagonal positive. The reflections are applied
   right to left: D first, then H_{n-2}, ..., H_0.

@@ -4,7 +4,7 @@ The baselines of SupSup (Wortsman, Ramanujan et al. 2020, arXiv 2006.14769)
 train network weights, unlike SupSup itself: the lower and upper bounds,
 separate heads, BatchEnsemble and PSP. They use the same models
 (:func:`supsup_jax.models.make_model`), optimizers
-(:func:`supsup_jax.training.make_optimizer`) and data as SupSup; this module
+(:func:`supsup_jax.optim.make_optimizer`) and data as SupSup; this module
 holds the pieces every baseline needs:
 
 * :class:`Net` (:func:`make_net`): the model, its trained-style initial

@@ -27,10 +27,11 @@ from supsup_jax.learner import Learner
 class Evaluation:
   """One evaluation point.
 
-  row: accuracy per task (``None`` for tasks not yet learned).
-  inference_row: task-inference accuracy per task (GN/NN; else ``None``).
-  other_inference: ``{name: average task-inference accuracy}`` of the extra
-    inferrers (e.g. other objectives).
+  Attributes:
+    row: accuracy per task (``None`` for tasks not yet learned).
+    inference_row: task-inference accuracy per task (GN/NN; else ``None``).
+    other_inference: ``{name: average task-inference accuracy}`` of the extra
+      inferrers (e.g. other objectives).
   """
   row: list
   inference_row: list | None = None

@@ -32,7 +32,7 @@ def make_trainer(model, effective: Effective, optimizer: optax.GradientTransform
 
   ``num_steps`` is static (one compile per distinct value); ``start_step``
   selects the batches (late rewinding resumes at step k). images: float32
-  [B, *input_shape], labels int32 [B].
+  ``[B, *input_shape]``, labels int32 [B].
   """
   batch_fn, arrays = stream.train_batch_fn_args(batch_size)
 

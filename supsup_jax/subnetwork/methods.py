@@ -2,7 +2,7 @@
 
 * ``dense``: all weights trained (the reference).
 * ``lottery_ticket``: iterative magnitude pruning (Frankle & Carbin, ICLR 2019,
-  arXiv 1803.03635): train, prune the smallest-|θ| weights per layer (output
+  arXiv 1803.03635): train, prune the smallest-``|θ|`` weights per layer (output
   layer at ``lt_output_rate_factor`` times the rate) or globally, reset the
   survivors, retrain; one point per round. ``lt_rewind``: "init" (θ0, the
   lottery ticket), "iteration" (θ_k, late rewinding, Frankle et al. 2019,
@@ -51,7 +51,7 @@ REWINDS = ("init", "iteration", "none", "reinit")
 
 @dataclasses.dataclass
 class Setup:
-  """What every method of one run shares (built by :mod:`supsup_jax.subnetwork.run`)."""
+  """What every method of one run shares (built by :mod:`supsup_jax.runs.subnetwork`)."""
   model: Any
   stream: Any
   x_test: jax.Array

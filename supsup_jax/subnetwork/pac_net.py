@@ -1,7 +1,7 @@
 """PAC-Net: Prune, Allocate, Calibrate transfer (Myung et al. 2022, arXiv 2206.05703).
 
 1. Train the network on the source task (θ_s).
-2. Prune: the ``pac_keep_fraction`` largest-|θ_s| weights of each layer are
+2. Prune: the ``pac_keep_fraction`` largest-``|θ_s|`` weights of each layer are
    the *important* ones (mask M).
 3. Allocate: retrain the source task with only the important weights
    (θ_s * M), so they alone hold the source knowledge.

@@ -81,7 +81,7 @@ def n_after_prune(n_alive: int, rate: float) -> int:
 
 def magnitude_prune(values: Mapping, mask: Mapping, rates, *, scope: str = "layer"
                     ) -> dict:
-  """Prunes the smallest-|value| weights still in ``mask``.
+  """Prunes the smallest-``|value|`` weights still in ``mask``.
 
   Args:
     values: kernel tree (e.g. trained weights), any float dtype.
@@ -124,7 +124,7 @@ def magnitude_prune(values: Mapping, mask: Mapping, rates, *, scope: str = "laye
 
 
 def top_fraction_mask(values: Mapping, kept_fraction: Mapping | float) -> dict:
-  """One-shot mask keeping ``kept_fraction`` of each layer by |value|
+  """One-shot mask keeping ``kept_fraction`` of each layer by ``|value|``
   (``num_kept``: round half up, at least one)."""
   flat_v = tree_lib.flatten(values)
   out = {}

@@ -9,7 +9,7 @@ predictive distribution is their mean, p̄ = mean_m softmax_m, computed as
 - NLL = -mean_n log p̄[y_n]
 - Brier = mean_n sum_c (p̄_c - 1[c = y_n])^2
 - ECE (Naeini et al. 2015; Guo et al. 2017, arXiv 1706.04599) over 15
-  equal-width confidence bins (lo, hi]: sum_b (n_b / n) |acc_b - conf_b|
+  equal-width confidence bins (lo, hi]: sum_b (n_b / n) ``|acc_b - conf_b|``
 - OOD detection: AUROC of a score separating in-distribution inputs
   (negatives) from out-of-distribution inputs (positives), with the score the
   predictive entropy H[p̄] or the mutual information H[p̄] - mean_m H[p_m]
