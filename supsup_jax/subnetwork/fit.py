@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from supsup_jax import state_io
+
 Effective = Callable[[Any, Any, jax.Array], Any]
 
 
@@ -123,7 +125,11 @@ class Session:
     (bit-identical to one call), each checked by the non-finite guard
     (``FloatingPointError``, one line). ``unit`` names the training (unique
     in the run); a runner's session checkpoints inside it.
-  * ``advance(label, n, ...)``: progress of work not trained through ``train``.
+  * ``advance(label, n, done, total, loss)``: counts and reports ``n`` steps
+    trained (``train`` calls it per chunk; a study with its own loop, e.g.
+    Meta-ticket's, too) and says whether to checkpoint there; ``chunk`` gives
+    the next chunk's length, ``check_finite`` is the guard, ``plan`` takes the
+    run's total steps for the ETA.
   """
 
   def __init__(self, chunk_steps: int = 500):
@@ -174,8 +180,7 @@ class Session:
     saved = self.get(unit + "#train")
     if saved is not None:  # resumed inside this training
       tree, meta = saved
-      from supsup_jax import state_io  # pylint: disable=import-outside-toplevel
-      trainable = tree["trainable"]
+      trainable = state_io.from_saveable(tree["trainable"], trainable)
       opt_state = state_io.from_saveable(tree["opt_state"], train.init_opt(trainable))
       done, losses = int(meta["done"]), list(meta["losses"])
     while done < num_steps:
@@ -187,8 +192,7 @@ class Session:
       done += n
       losses.append((n, loss))
       if self.advance(unit, n, done, num_steps, loss) and done < num_steps:
-        from supsup_jax import state_io  # pylint: disable=import-outside-toplevel
-        self.put(unit + "#train", {"trainable": trainable,
+          self.put(unit + "#train", {"trainable": state_io.to_saveable(trainable),
                                    "opt_state": state_io.to_saveable(opt_state)},
                  {"done": done, "losses": losses}, where=f"{unit} step {start + done}")
     self.drop(unit + "#train")

@@ -206,7 +206,7 @@ def run(config, session: fit.Session | None = None) -> dict:
     mp, opt_state, losses, done = meta0, opt.init(meta0), [], 0
     partial = session.get(unit + "#train")
     if partial is not None:  # resumed inside this meta-training
-      mp = partial[0]["meta_params"]
+      mp = state_io.from_saveable(partial[0]["meta_params"], meta0)
       opt_state = state_io.from_saveable(partial[0]["opt_state"], opt_state)
       losses, done = list(partial[1]["losses"]), int(partial[1]["done"])
     while done < iterations:
@@ -217,7 +217,7 @@ def run(config, session: fit.Session | None = None) -> dict:
       done += n
       if session.advance(unit, n, done, iterations, float(np.mean(losses[-n:]))) \
           and done < iterations:
-        session.put(unit + "#train", {"meta_params": mp,
+        session.put(unit + "#train", {"meta_params": state_io.to_saveable(mp),
                                       "opt_state": state_io.to_saveable(opt_state)},
                     {"losses": losses, "done": done}, where=f"{unit} step {done}")
     after = evaluate(start_fn, mp)
