@@ -145,6 +145,11 @@ def test_lottery_ticket_stopped_mid_training_resumes_to_the_same_curves(tmp_path
   with pytest.raises(ConfigMismatchError, match=r"different config \(differs in: iterations\)"):
     run.run(_tiny_lottery(iterations=20), str(tmp_path / "full"))
   assert (tmp_path / "full" / "results.json").read_bytes() == before
+  # Steps from epochs (ceil(0.01 * 60000 / 128) = 5): checked before the workdir is claimed.
+  with pytest.raises(ValueError, match=r"rewind_iteration=6 is beyond .* 0\.\.5"):
+    run.run(_tiny_lottery(iterations=0, epochs=0.01, **{"lottery_ticket.rewind_iteration": 6}),
+            str(tmp_path / "epochs"))
+  assert not (tmp_path / "epochs").exists()
 
 
 def test_workdir_of_another_run_kind_or_busy_is_refused_in_one_line(tmp_path):

@@ -177,7 +177,44 @@ def _validate_curves(config) -> None:
   options.weight_training(config)
   options.fractions(config, "kept_fractions")
   options.iterations_or_epochs(config)
-  methods_lib.validate(config, names, int(config.iterations) or None)
+  methods_lib.validate(config, names, _steps_per_training(config))
+  _check_model_is_all_kernels(config)
+
+
+# Input shape and classes of the single-task datasets (for checks before loading).
+_DATASET_SHAPES = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10),
+                   "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
+
+
+def _check_model_is_all_kernels(config) -> None:
+  """The model's parameter shapes (traced, nothing computed) are all kernels."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  shape, classes = _DATASET_SHAPES.get(config.dataset, (None, None))
+  if shape is None:
+    return  # checked on the built model
+  model = models.make_model(config.model, classes, **dict(config.get("model_options") or {}))
+  try:
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"config.model {config.model!r} with model_options "
+                     f"{dict(config.get('model_options') or {})} cannot take "
+                     f"{config.dataset} images: {type(e).__name__}: {e}".splitlines()[0]) from None
+  if set(variables) != {"params"}:
+    raise ValueError(f"subnetwork methods need a model without state such as batch norm "
+                     f"statistics; config.model {config.model!r} has {sorted(variables)}")
+  methods_lib.check_all_kernels(variables["params"])
+
+
+def _steps_per_training(config) -> int:
+  """Steps of one training (the dataset's size is read for epochs: before the
+  workdir is claimed, so a config refused for it leaves the workdir untouched)."""
+  if int(config.iterations) > 0:
+    return int(config.iterations)
+  from supsup_jax.data.sources import load_dataset  # pylint: disable=import-outside-toplevel
+  data = load_dataset(config.dataset, config.get("data_dir") or None,
+                      bool(config.get("download", False)))  # cached in the process
+  return options.train_steps(0, config.epochs, len(data["train"][1]), config.batch_size)
 
 
 def build(config, session: fit.Session | None = None) -> methods_lib.Setup:
@@ -205,7 +242,6 @@ def build(config, session: fit.Session | None = None) -> methods_lib.Setup:
 def _run_curves(config, session: fit.Session) -> dict:
   names = method_names(config)
   setup = build(config, session)
-  methods_lib.validate(config, names, setup.steps)  # rewind_iteration vs epoch-based steps
   session.plan(methods_lib.planned_steps(config, names, setup.steps))
   saved = session.get("curves")
   curves: dict[str, list] = dict(saved[1]["curves"]) if saved else {}

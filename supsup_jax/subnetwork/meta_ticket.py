@@ -56,6 +56,10 @@ MOVED = {"meta_train_dataset": "meta_ticket.train_dataset",
          **{k: f"meta_ticket.{k}" for k in ("ways", "shots", "queries", "inner_lr",
                                             "inner_steps", "inner_steps_test", "meta_batch",
                                             "meta_iterations", "eval_episodes")}}
+# Image shape and classes of the datasets episodes can come from (checked
+# before anything is loaded; the loaded data is checked again).
+DATASETS = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10),
+            "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
 # The last meta-training steps whose mean query loss is reported.
 FINAL_LOSS_STEPS = 50
 
@@ -108,13 +112,18 @@ def make_adapt(model, inner_lr: float):
 
 def validate(config) -> None:
   """Checks the study's keys (one-line errors) before anything is loaded."""
-  from supsup_jax.data import single_task  # pylint: disable=import-outside-toplevel
   options.refuse_moved(config, MOVED)
   mt = options.section(config, "meta_ticket", MOVED)
   options.known_keys(mt, "meta_ticket", SUBCONFIG_KEYS)
-  options.choice(mt, "train_dataset", single_task.DATASETS, "meta_ticket")
-  options.choice(mt, "test_dataset", single_task.DATASETS, "meta_ticket")
-  options.integer(mt, "ways", "meta_ticket", low=2)
+  train = options.choice(mt, "train_dataset", DATASETS, "meta_ticket")
+  test = options.choice(mt, "test_dataset", DATASETS, "meta_ticket")
+  if DATASETS[train][0] != DATASETS[test][0]:
+    raise ValueError(f"config.meta_ticket: train_dataset {train!r} has images of shape "
+                     f"{DATASETS[train][0]} but test_dataset {test!r} {DATASETS[test][0]}; "
+                     "pick two of the same shape")
+  options.integer(mt, "ways", "meta_ticket", low=2,
+                  high=min(DATASETS[train][1], DATASETS[test][1]),
+                  why=" (classes of the episodes' datasets)")
   for key in ("shots", "queries", "meta_batch", "meta_iterations", "eval_episodes"):
     options.integer(mt, key, "meta_ticket", low=1)
   for key in ("inner_steps", "inner_steps_test"):
