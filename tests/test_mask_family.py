@@ -91,6 +91,14 @@ def _config(**kw):
   return c
 
 
+@pytest.mark.parametrize("name", ["subnetwork_mnist", "subnetwork_cifar10", "pac_net_mnist",
+                                  "meta_ticket_mnist"])
+def test_study_configs_are_valid(name):
+  import importlib  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
+  run.validate(importlib.import_module(f"launch.configs.{name}").get_config())
+
+
 def test_bad_settings_refused_in_one_line_before_anything_runs(tmp_path):
   from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
   cases = [

@@ -322,14 +322,21 @@ def _non_finite(value, path: str = "") -> list[str]:
   return []
 
 
+def validate(config):
+  """Checks every key of ``config`` (one-line ``ValueError``) before anything is
+  loaded or any workdir touched; returns the study it chooses."""
+  study = study_of(config)
+  _check_top_keys(config, study)
+  _check_run_keys(config)
+  study.validate(config)  # its sub-config and values
+  return study
+
+
 def run(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the study of ``config`` in ``workdir``; returns its results
   (``{"complete": False, ...}`` when stopped by ``config.stop_after_steps``)."""
   config = ml_collections.ConfigDict(config)
-  study = study_of(config)
-  _check_top_keys(config, study)
-  _check_run_keys(config)
-  study.validate(config)  # its sub-config and values, before anything is loaded
+  study = validate(config)
   with scaffold.open_run(workdir, config, kind=KIND) as sc:
     if sc.finished is not None:
       logging.info("%s: finished before; results in %s", config.get("experiment"), workdir)
