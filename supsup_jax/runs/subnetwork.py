@@ -11,8 +11,9 @@
   which runs on its own sub-config (``config.pac_net``, ``config.meta_ticket``).
 
 Each method or study reads its own sub-config and validates it (one-line
-``ValueError``) before any data is loaded; a top-level key the chosen study
-does not read is refused. Sub-configs named after another method or study
+``ValueError``, :func:`validate`) before the workdir is claimed or any data is
+loaded (epoch-based steps read the dataset's size); a top-level key the chosen
+study does not read is refused. Sub-configs named after another method or study
 (e.g. ``config.zhou`` in a ``--config.method=lottery_ticket`` run) are not
 read.
 
@@ -30,7 +31,8 @@ steps (bit-identical to one call), each logged with an ETA and checked: a
 non-finite loss or state stops the run with one line (``FloatingPointError``,
 exit 3 from ``launch.main``). ``config.stop_after_steps`` > 0 stops (with a
 checkpoint) once that many steps were trained in this process. Results that
-are not finite are never written. ``results.json`` comes last.
+are not finite are never written (``FloatingPointError``, exit 3).
+``results.json`` comes last.
 
 A study is a module with ``validate(config)`` (one-line ``ValueError``s,
 before anything is loaded), ``run(config, session) -> dict`` (the results;
