@@ -79,19 +79,128 @@ def test_zhou_sampled_density_and_straight_through_gradient():
 
 
 def _config(**kw):
+  """subnetwork_mnist with overrides; "a.b" keys reach into sub-configs."""
   from launch.configs import subnetwork_mnist  # pylint: disable=import-outside-toplevel
   c = subnetwork_mnist.get_config()
   for k, v in kw.items():
-    setattr(c, k, v)
+    *parents, leaf = k.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    setattr(node, leaf, v)
   return c
 
 
-def test_rewind_iteration_beyond_training_is_refused(tmp_path):
+@pytest.mark.parametrize("name", ["subnetwork_mnist", "subnetwork_cifar10", "pac_net_mnist",
+                                  "meta_ticket_mnist"])
+def test_study_configs_are_valid(name):
+  import importlib  # pylint: disable=import-outside-toplevel
   from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
-  with pytest.raises(ValueError, match="beyond the training length"):
-    run.run(_config(iterations=100, lt_rewind_iteration=101), str(tmp_path))
-  with pytest.raises(ValueError, match="lt_prune_rate"):
-    run.run(_config(lt_prune_rate=1.0), str(tmp_path))
+  run.validate(importlib.import_module(f"launch.configs.{name}").get_config())
+
+
+def test_bad_settings_refused_in_one_line_before_anything_runs(tmp_path):
+  from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
+  cases = [
+      ({"iterations": 100, "lottery_ticket.rewind_iteration": 101}, "beyond the training length"),
+      ({"lottery_ticket.prune_rate": 1.0}, r"config.lottery_ticket.prune_rate .*\[0, 1\)"),
+      ({"learning_rate": float("nan")}, "config.learning_rate must be a finite number > 0"),
+      ({"zhou.samples": 0}, "config.zhou.samples must be an int >= 1"),
+      ({"epochs": 2.0}, "set exactly one of config.iterations and config.epochs"),
+      ({"method": "dense,pac_net"}, "config.method 'pac_net' unknown"),
+  ]
+  for overrides, message in cases:
+    with pytest.raises(ValueError, match=message) as e:
+      run.run(_config(**overrides), str(tmp_path / "w"))
+    assert "\n" not in str(e.value)
+  moved = _config()
+  moved.lt_rewind = "init"  # a flat key of earlier configs
+  with pytest.raises(ValueError, match="config.lt_rewind -> config.lottery_ticket.rewind"):
+    run.run(moved, str(tmp_path / "w"))
+  ignored = _config()
+  ignored.source = "mnist"  # PAC-Net's key: the curves would ignore it
+  with pytest.raises(ValueError, match="config.source is not read"):
+    run.run(ignored, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()  # refused before the workdir was touched
+
+
+def _tiny_lottery(**kw):
+  # Every training runs in chunks of 5 steps: one compile per trainer.
+  return _config(**{"method": "lottery_ticket", "iterations": 10, "kept_fractions": (1.0, 0.5),
+                    "lottery_ticket.rewind": "init,iteration",
+                    "lottery_ticket.rewind_iteration": 5, "log_every_steps": 5, **kw})
+
+
+@needs_data
+def test_lottery_ticket_stopped_mid_training_resumes_to_the_same_curves(tmp_path):
+  """Stopped (with a checkpoint) inside round 1's retraining, then rerun: the
+  same curves as an uninterrupted run; then the finished workdir is refused
+  to another config and never overwritten."""
+  from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
+  from supsup_jax.checkpoint import ConfigMismatchError  # pylint: disable=import-outside-toplevel
+  full = run.run(_tiny_lottery(), str(tmp_path / "full"))
+  # dense: 10 steps; then round 1 of rewind=init stops after 5 of its 10 steps.
+  stopped = run.run(_tiny_lottery(stop_after_steps=15), str(tmp_path / "resumed"))
+  assert stopped == {"complete": False, "steps_this_process": 15}
+  assert not (tmp_path / "resumed" / "results.json").exists()
+  resumed = run.run(_tiny_lottery(), str(tmp_path / "resumed"))
+  assert resumed["curves"] == full["curves"]
+  assert [p["kept_fraction"] for p in full["curves"]["lottery_ticket(rewind=init)"]] == \
+      pytest.approx([1.0, 0.5], abs=0.01)
+  # The same command on the finished workdir returns its results.
+  assert run.run(_tiny_lottery(), str(tmp_path / "full"))["curves"] == full["curves"]
+  before = (tmp_path / "full" / "results.json").read_bytes()
+  with pytest.raises(ConfigMismatchError, match=r"different config \(differs in: iterations\)"):
+    run.run(_tiny_lottery(iterations=20), str(tmp_path / "full"))
+  assert (tmp_path / "full" / "results.json").read_bytes() == before
+  # Steps from epochs (ceil(0.01 * 60000 / 128) = 5): checked before the workdir is claimed.
+  with pytest.raises(ValueError, match=r"rewind_iteration=6 is beyond .* 0\.\.5"):
+    run.run(_tiny_lottery(iterations=0, epochs=0.01, **{"lottery_ticket.rewind_iteration": 6}),
+            str(tmp_path / "epochs"))
+  assert not (tmp_path / "epochs").exists()
+
+
+def test_workdir_of_another_run_kind_or_busy_is_refused_in_one_line(tmp_path):
+  import fcntl  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  from supsup_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from supsup_jax.checkpoint import ConfigMismatchError  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
+  other = tmp_path / "continual_run"
+  other.mkdir()
+  (other / "run.json").write_text(json.dumps({"runner": "continual", "experiment": "gg",
+                                              "config": {"method": "supsup"}}))
+  (other / "results.json").write_text(json.dumps({"runner": "continual", "avg_accuracy": 0.9}))
+  with pytest.raises(ConfigMismatchError, match="holds a 'continual' run.*not a 'subnetwork'"):
+    run.run(_tiny_lottery(), str(other))
+  assert json.loads((other / "results.json").read_text())["avg_accuracy"] == 0.9
+  # A workdir another process holds (its lock taken here with a bare flock).
+  busy = tmp_path / "busy"
+  busy.mkdir()
+  fd = os.open(busy / workdir_lib.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, json.dumps({"pid": 4242, "host": "elsewhere"}).encode())
+    with pytest.raises(workdir_lib.WorkdirLockedError, match="is in use by pid 4242") as e:
+      run.run(_tiny_lottery(), str(busy))
+    assert "\n" not in str(e.value)
+  finally:
+    os.close(fd)
+
+
+@needs_data
+def test_diverging_training_stops_with_one_line_and_no_results(tmp_path):
+  """SGD at lr 1e38 on a dense LeNet (it used to end at 9.8 % with exit 0):
+  the non-finite guard stops the first chunk with one FloatingPointError
+  line, which launch.main prints as ``error: ...`` with exit code 3
+  (tests/test_errors.py)."""
+  from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
+  c = _config(method="dense", optimizer="sgd", learning_rate=1e38, iterations=20,
+              log_every_steps=10)
+  with pytest.raises(FloatingPointError, match=r"non-finite .* in dense, steps 0\.\.10") as e:
+    run.run(c, str(tmp_path))
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "results.json").exists()
 
 
 @needs_data
@@ -100,8 +209,8 @@ def test_short_mnist_floors(tmp_path):
   a 20 % edge-popup supermask over random signed weights passes 80 % (a mask
   that ignored its scores is a random network, ~10-60 %)."""
   from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
-  c = _config(iterations=150, kept_fractions=(1.0, 0.2), method="lottery_ticket,edge_popup",
-              lt_rewind="init")
+  c = _config(**{"iterations": 150, "kept_fractions": (1.0, 0.2),
+                 "method": "lottery_ticket,edge_popup", "lottery_ticket.rewind": "init"})
   res = run.run(c, str(tmp_path))
   lt = res["curves"]["lottery_ticket(rewind=init)"]
   assert lt[0]["accuracy"] > 0.90
@@ -195,7 +304,7 @@ def test_pac_net_short_keeps_source_and_learns_target(tmp_path):
   from launch.configs import pac_net_mnist  # pylint: disable=import-outside-toplevel
   from supsup_jax.runs import subnetwork as run  # pylint: disable=import-outside-toplevel
   c = pac_net_mnist.get_config()
-  c.iterations, c.pac_allocate_iterations = 150, 100
+  c.iterations, c.pac_net.allocate_iterations = 150, 100
   acc = run.run(c, str(tmp_path))["accuracy"]
   assert acc["important_weights_unchanged"]
   assert acc["source_after_calibrate"] == acc["source_after_allocate"] > 0.9

@@ -14,8 +14,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.experiment = "pac_net_mnist"
   c.runner = "subnetwork"
   c.method = "pac_net"
-  c.source = "mnist"             # mnist | fashion_mnist | cifar10 | cifar10_0_4 | cifar10_5_9
-  c.target = "fashion_mnist"
   c.data_dir = ""
   c.download = False
   c.model = "lenet300100"
@@ -28,6 +26,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0
   c.batch_size = 128
   c.iterations = 2000            # source training, calibration and fine-tuning each
-  c.pac_keep_fraction = 0.5      # important weights per layer
-  c.pac_allocate_iterations = 1000
+  c.log_every_steps = 500        # training chunks (progress, non-finite guard)
+  c.checkpoint_every_steps = 0   # also checkpoint inside trainings (0: after each stage)
+  c.stop_after_steps = 0
+  c.pac_net = ml_collections.ConfigDict(dict(
+      source="mnist",            # mnist | fashion_mnist | cifar10 | cifar10_0_4 | cifar10_5_9
+      target="fashion_mnist",
+      keep_fraction=0.5,         # important weights per layer
+      allocate_iterations=1000,  # retraining of the important weights alone
+  ))
   return c

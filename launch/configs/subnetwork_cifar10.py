@@ -18,4 +18,5 @@ def get_config():
   c.model_options.channels = 32
   c.learning_rate = 3e-4
   c.iterations = 2000
+  c.checkpoint_every_steps = 500  # trainings take minutes: checkpoint inside them too
   return c

@@ -8,6 +8,10 @@ Curves of accuracy vs fraction of weights kept for dense, lottery tickets
 2019 supermasks and edge-popup (Ramanujan et al. 2020). Weight training
 follows Frankle & Carbin's LeNet setting (Adam 1.2e-3) for fewer iterations
 (`iterations`; the paper trains 50k iterations of batch 60).
+
+`method`: a comma list of subnetwork methods (the curves), or one study name
+(see supsup_jax/runs/subnetwork.py). Each method reads its own sub-config:
+`lottery_ticket.*`, `supermask.*` (zhou_supermask, edge_popup), `zhou.*`.
 """
 import ml_collections
 
@@ -32,19 +36,30 @@ def get_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0
   c.batch_size = 128
   c.iterations = 3000            # per training run (each lottery-ticket round retrains)
-  c.epochs = 0.0                 # used when iterations == 0
-  # Lottery ticket.
-  c.lt_rewind = "init,none"      # comma list of init | iteration | none | reinit
-  c.lt_rewind_iteration = 0      # k for lt_rewind=iteration (late rewinding)
-  c.lt_scope = "layer"           # layer | global
-  c.lt_output_rate_factor = 0.5  # output layer pruned at half the rate
-  c.lt_rounds = 0                # 0: one round per kept fraction; > 0: geometric
-  c.lt_prune_rate = 0.2          # per round when lt_rounds > 0
+  c.epochs = 0.0                 # used when iterations == 0: ceil(epochs * train size / batch)
+  # Run: training chunks (progress, non-finite guard), checkpoints inside
+  # trainings (0: only after each round / fraction / method), stop early.
+  c.log_every_steps = 500
+  c.checkpoint_every_steps = 0
+  c.stop_after_steps = 0
+  # Lottery ticket (also: rewind_iteration is kept by the shared dense training).
+  c.lottery_ticket = ml_collections.ConfigDict(dict(
+      rewind="init,none",        # comma list of init | iteration | none | reinit
+      rewind_iteration=0,        # k for rewind=iteration (late rewinding)
+      scope="layer",             # layer | global
+      output_rate_factor=0.5,    # output layer pruned at half the rate
+      rounds=0,                  # 0: one round per kept fraction; > 0: geometric
+      prune_rate=0.2,            # per round when rounds > 0
+  ))
   # Supermasks (Zhou, edge-popup): scores trained over fixed weights.
-  c.mask_init = "signed_constant"
-  c.mask_scale_fan = True        # weights / sqrt(k): Kaiming std over the kept fan-in
-  c.mask_optimizer = "adam"
-  c.mask_learning_rate = 1e-2
-  c.zhou_learning_rate = 0.1
-  c.zhou_samples = 5
+  c.supermask = ml_collections.ConfigDict(dict(
+      init="signed_constant",
+      scale_fan=True,            # weights / sqrt(k): Kaiming std over the kept fan-in
+      optimizer="adam",
+      learning_rate=1e-2,        # edge-popup's scores
+  ))
+  c.zhou = ml_collections.ConfigDict(dict(
+      learning_rate=0.1,         # Zhou's scores (Bernoulli-noisy gradients)
+      samples=5,                 # sampled masks per test
+  ))
   return c
