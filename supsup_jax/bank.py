@@ -201,7 +201,7 @@ def check_masks(layout: Layout, masks: Mapping) -> None:
     return
   flat = tree_lib.flatten(masks)
   paths = sorted(flat)
-  ok = np.asarray(_binary_flags([jnp.asarray(flat[p]) for p in paths]))
+  ok = checks.host_flags(_binary_flags, [flat[p] for p in paths])
   bad = [tree_lib.path_str(p) for p, good in zip(paths, ok) if not good]
   if bad:
     raise ValueError(f"masks must be exactly 0 or 1, but mask leaves {bad} hold other or "

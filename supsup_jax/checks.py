@@ -36,6 +36,14 @@ def _finite_flags(leaves):
   return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
+def host_flags(fn, leaves) -> np.ndarray:
+  """``fn(leaves)`` (a jitted reduction to one flag per leaf) as NumPy, run
+  on the concrete ``leaves`` at once, also when called while an enclosing
+  function is being traced (then the leaves are closed-over constants)."""
+  with jax.ensure_compile_time_eval():
+    return np.asarray(fn([jnp.asarray(x) for x in leaves]))
+
+
 def _path_str(path) -> str:
   parts = []
   for k in path:
@@ -52,5 +60,10 @@ def nonfinite_paths(tree: Any) -> list[str]:
            if jnp.issubdtype(jnp.result_type(x), jnp.inexact) and np.size(x)]
   if not items:
     return []
-  ok = np.asarray(_finite_flags([jnp.asarray(x) for _, x in items]))
+  ok = host_flags(_finite_flags, [x for _, x in items])
   return [_path_str(p) or "value" for (p, _), good in zip(items, ok) if not good]
+
+
+def all_finite(x) -> bool:
+  """Whether a concrete array holds no NaN or inf (one reduction, one sync)."""
+  return bool(host_flags(_finite_flags, [x])[0])

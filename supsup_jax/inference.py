@@ -157,7 +157,7 @@ def alpha_grad(masked: MaskedModel, weights, bank, images: jax.Array, *,
   if k is None:
     return _inf_past(grads, state.num_tasks)
   grads = grads[:k]
-  if checks.is_concrete(grads) and not bool(_all_finite(grads)):
+  if checks.is_concrete(grads) and not checks.all_finite(grads):
     _refuse_nonfinite(weights, images, batch_stats)
   return grads
 
@@ -202,11 +202,6 @@ def _unpack_rows_per_block(num_bits: int, block: int) -> int:
   while rows > 8 and rows * num_bits * 4 > (128 << 20):
     rows //= 2
   return rows
-
-
-@jax.jit
-def _all_finite(x):
-  return jnp.all(jnp.isfinite(x))
 
 
 def _inf_past(grads: jax.Array, num_tasks) -> jax.Array:
@@ -292,10 +287,12 @@ def _check_bank(bank, objective: str, images, num_tasks: int | None = None):
   return state, k
 
 
-def _restate_shape(error: InputShapeError, images_many) -> InputShapeError:
-  """An error raised for one unit's ``[n, ...]`` batch, for ``[N, n, ...]``."""
-  return InputShapeError(tuple(np.shape(images_many)), error.expected, error.detail,
-                         lead="N, n", what="images_many")
+def _restate_shape(error: InputShapeError, images, lead: str = "N, n",
+                   what: str = "images_many") -> InputShapeError:
+  """An error raised for one unit's ``[n, ...]`` batch, restated for the
+  caller's ``images`` (``[N, n, ...]`` by default)."""
+  return InputShapeError(tuple(np.shape(images)), error.expected, error.detail,
+                         lead=lead, what=what)
 
 
 def _check_units(images_many) -> None:
@@ -327,7 +324,7 @@ def alpha_grads_many(masked: MaskedModel, weights, bank, images_many: jax.Array,
     raise _restate_shape(e, images_many) from None
   if k is None:
     return _inf_past(out, state.num_tasks)
-  if checks.is_concrete(out) and not bool(_all_finite(out)):
+  if checks.is_concrete(out) and not checks.all_finite(out):
     _refuse_nonfinite(weights, images_many, batch_stats)
   return out
 
@@ -403,8 +400,11 @@ def binary(masked: MaskedModel, weights, bank, images, *,
            objective: str = "entropy", batch_stats=None, block: int = 64,
            num_tasks: int | None = None):
   """Binary task inference for one batch of images [B, ...] (see binary_many)."""
-  picks = binary_many(masked, weights, bank, images[None], objective=objective,
-                      batch_stats=batch_stats, block=block, num_tasks=num_tasks)
+  try:
+    picks = binary_many(masked, weights, bank, images[None], objective=objective,
+                        batch_stats=batch_stats, block=block, num_tasks=num_tasks)
+  except InputShapeError as e:
+    raise _restate_shape(e, images, "B", "images") from None
   return int(picks[0]) if checks.is_concrete(picks) else picks[0]
 
 
