@@ -267,12 +267,12 @@ def add(bank: BankState, masks: Mapping) -> BankState:
   return put(bank, bank.num_tasks, masks)
 
 
-def _check_stored_id(bank: BankState, t: int, what: str = "task id") -> None:
-  n = _stored(bank)
+def _check_stored_id(bank: BankState, t: int, n: int | None) -> None:
+  """``t`` must be stored (``n`` tasks; None: traced, then within capacity)."""
   if n is not None:
     check_task_id(t, n)
   elif not 0 <= t < bank.capacity:
-    raise ValueError(f"{what} {t} is outside the bank's capacity 0..{bank.capacity - 1}")
+    raise ValueError(f"task id {t} is outside the bank's capacity 0..{bank.capacity - 1}")
 
 
 def get(bank: BankState, task_id) -> dict:
@@ -285,7 +285,7 @@ def get(bank: BankState, task_id) -> dict:
   """
   t = _static_id(task_id)
   if t is not None:
-    _check_stored_id(bank, t)
+    _check_stored_id(bank, t, _stored(bank))
   task_id = jnp.asarray(task_id, jnp.int32)
   valid = (task_id >= 0) & (task_id < bank.num_tasks)
   row = jax.lax.dynamic_slice_in_dim(bank.rows, jnp.clip(task_id, 0, bank.capacity - 1), 1)
@@ -320,8 +320,9 @@ def stacked(bank: BankState, task_ids) -> dict:
   """
   ids, ints = _static_ids(task_ids)
   if ints is not None:
+    n = _stored(bank)
     for t in ints:
-      _check_stored_id(bank, t)
+      _check_stored_id(bank, t, n)
   valid = (ids >= 0) & (ids < bank.num_tasks)
   rows = bank.rows[jnp.clip(ids, 0, bank.capacity - 1)]
   rows = jnp.where(valid[:, None], rows, jnp.zeros_like(rows))

@@ -3,7 +3,6 @@ stays jittable: every check runs on concrete values only (issue 24, items 4-5).
 
 A small MLP on 6x6 images keeps every compile cheap.
 """
-import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
