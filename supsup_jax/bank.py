@@ -10,7 +10,17 @@ tasks) with a static :class:`Layout`; :func:`put`, :func:`get`,
 :func:`mean_masks` and :func:`dot` are pure and work under ``jit`` (the task
 id may be traced), and the rows can be sharded along the task axis
 (:func:`put` and :func:`get` then touch only the owner's row; products over
-the bank are :mod:`supsup_jax.sharded_inference`'s). The
+the bank are :mod:`supsup_jax.sharded_inference`'s).
+
+Task ids are checked where they are concrete (Python, NumPy, or JAX arrays
+outside a trace; see :mod:`supsup_jax.checks`): a float or bool id, a
+negative one, one never stored (:func:`get`, :func:`stacked`) or one that
+would leave a gap (:func:`put`) is a one-line ValueError. Under ``jit`` with
+a traced id nothing can be read, and the functions never mix tasks up: an
+invalid id reads all-zero masks and writes nothing (the bank is returned
+unchanged). Integer dtypes, shapes and tree structure are checked under
+``jit`` too; the checks add nothing to the compiled programs' work but a
+select on one row. The
 running per-weight count of ones across tasks is kept up to date as tasks are
 put, so the mean mask (the uniform superposition used by task inference)
 never has to be recomputed from the whole bank. :class:`MaskBank` is a small
@@ -31,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supsup_jax import checks
 from supsup_jax import tree as tree_lib
 
 ROW_ALIGN = 64  # capacity is a multiple of this: inference reads 64-row blocks
@@ -154,44 +165,201 @@ def _row(rows: jax.Array, task_id) -> jax.Array:
   return rows.at[jnp.reshape(task_id, (1,))].get(mode="clip")
 
 
+def _describe(x) -> str:
+  dtype = getattr(x, "dtype", None)
+  if dtype is None or isinstance(x, np.generic):
+    return f"{x!r} ({type(x).__name__})"
+  if isinstance(x, jax.core.Tracer):
+    return f"a traced array of dtype {dtype} and shape {tuple(np.shape(x))}"
+  return f"an array of dtype {dtype} and shape {tuple(np.shape(x))}" + (
+      f" ({np.asarray(x).item()!r})" if np.ndim(x) == 0 else "")
+
+
+def _id_error(task_id, what: str) -> ValueError:
+  return ValueError(f"{what} must be an integer scalar (Python, NumPy or JAX int), got "
+                    f"{_describe(task_id)}; pass e.g. 3 or jnp.int32(3)")
+
+
+def _static_id(task_id, what: str = "task id") -> int | None:
+  """Checks what is known even under ``jit`` (an integer scalar, not a bool);
+  returns the id as a Python int when it is concrete, else None (traced)."""
+  if isinstance(task_id, bool) or isinstance(task_id, (float, complex, str)):
+    raise _id_error(task_id, what)
+  if isinstance(task_id, (int, np.integer)):
+    return operator.index(task_id)
+  dtype = getattr(task_id, "dtype", None)
+  if dtype is None or np.ndim(task_id) != 0 or not jnp.issubdtype(dtype, jnp.integer):
+    raise _id_error(task_id, what)
+  if isinstance(task_id, jax.core.Tracer):
+    return None
+  return int(task_id)
+
+
+def _stored(bank: BankState) -> int | None:
+  """The number of stored tasks as a Python int, or None under tracing."""
+  return None if isinstance(bank.num_tasks, jax.core.Tracer) else int(bank.num_tasks)
+
+
+@jax.jit
+def _binary_flags(leaves):
+  return jnp.stack([jnp.all((x == 0) | (x == 1)) for x in leaves])
+
+
+def check_masks(layout: Layout, masks: Mapping) -> None:
+  """One-line ValueError unless ``masks`` has the layout's leaves and, where
+  its values are concrete, every value is exactly 0 or 1 (NaN refused). Under
+  tracing only the structure and shapes are checked."""
+  layout.check_tree(masks)
+  if not checks.is_concrete(masks):
+    return
+  flat = tree_lib.flatten(masks)
+  paths = sorted(flat)
+  ok = checks.host_flags(_binary_flags, [flat[p] for p in paths])
+  bad = [tree_lib.path_str(p) for p, good in zip(paths, ok) if not good]
+  if bad:
+    raise ValueError(f"masks must be exactly 0 or 1, but mask leaves {bad} hold other or "
+                     "non-finite values; store masks_from_scores(...) output, not scores")
+
+
+def check_put_id(bank: BankState, task_id) -> int | None:
+  """The id :func:`put` may write as a Python int (None when traced): an
+  integer in ``0..min(num_tasks, capacity - 1)`` (append or replace, no gap).
+  ``num_tasks`` is only compared when the bank itself is concrete."""
+  t = _static_id(task_id)
+  if t is None:
+    return None
+  if t < 0:
+    raise ValueError(f"task id {t} is negative; task ids count from 0")
+  if t >= bank.capacity:
+    raise ValueError(f"task id {t} is outside the bank's capacity 0..{bank.capacity - 1}; "
+                     f"make room first: bank.grow(state, {t + 1})")
+  n = _stored(bank)
+  if n is not None and t > n:
+    raise ValueError(f"task id {t} would leave a gap: the bank holds tasks 0..{n - 1}; "
+                     f"put task {n} next or replace a stored one" if n else
+                     f"task id {t} would leave a gap: the bank is empty; put task 0 first")
+  return t
+
+
 def put(bank: BankState, task_id, masks: Mapping) -> BankState:
-  """Stores ``masks`` as task ``task_id`` (``<= num_tasks``): appends a new
-  task, or replaces a stored one (the counts follow). Pure and jittable; the
-  caller guarantees ``task_id < capacity`` (checked when not traced)."""
-  if not isinstance(task_id, jax.core.Tracer):
-    t = int(task_id)
-    if not 0 <= t < bank.capacity:
-      raise ValueError(f"task id {t} is outside the bank's capacity 0..{bank.capacity - 1}")
+  """Stores ``masks`` as task ``task_id``: appends task ``num_tasks`` or
+  replaces a stored one (the counts follow). Pure and jittable.
+
+  Where ``task_id``, the bank and ``masks`` are concrete, refuses (one-line
+  ValueError) a float or bool id, a negative id, one past the capacity, one
+  that would leave a gap (``> num_tasks``), and masks that are not exactly
+  0/1. Under ``jit`` with a traced id (or bank) those values cannot be read:
+  an id outside ``0..min(num_tasks, capacity - 1)`` then returns the bank
+  **unchanged** (rows, counts and ``num_tasks`` as they were), and masks are
+  stored as ``masks > 0.5`` (a NaN entry stored as 0). Integer dtype, shape
+  and tree structure are checked under ``jit`` too.
+  """
+  check_put_id(bank, task_id)
+  check_masks(bank.layout, masks)
+  return _put(bank, task_id, masks)
+
+
+def _put(bank: BankState, task_id, masks: Mapping) -> BankState:
   row, bits = _encode(bank, masks)
   task_id = jnp.asarray(task_id, jnp.int32)
-  old_bits = unpack_rows(bank, _row(bank.rows, task_id))[0]
+  valid = (task_id >= 0) & (task_id <= bank.num_tasks) & (task_id < bank.capacity)
+  at = jnp.clip(task_id, 0, bank.capacity - 1)
+  old_row = _row(bank.rows, at)
+  old_bits = unpack_rows(bank, old_row)[0].astype(jnp.int32)
   return bank.replace(
-      rows=jax.lax.dynamic_update_slice_in_dim(bank.rows, row[None], task_id, 0),
-      counts=bank.counts - old_bits.astype(jnp.int32) + bits,
-      num_tasks=jnp.maximum(bank.num_tasks, task_id + 1))
+      rows=jax.lax.dynamic_update_slice_in_dim(
+          bank.rows, jnp.where(valid, row[None], old_row), at, 0),
+      counts=bank.counts + jnp.where(valid, bits - old_bits, 0),
+      num_tasks=jnp.where(valid, jnp.maximum(bank.num_tasks, task_id + 1),
+                          bank.num_tasks).astype(bank.num_tasks.dtype))
 
 
 def add(bank: BankState, masks: Mapping) -> BankState:
-  """Appends ``masks`` as task ``num_tasks``."""
+  """Appends ``masks`` as task ``num_tasks`` (:func:`put`; under ``jit`` a
+  full bank is returned unchanged)."""
   return put(bank, bank.num_tasks, masks)
 
 
+def _check_stored_id(bank: BankState, t: int, n: int | None) -> None:
+  """``t`` must be stored (``n`` tasks; None: traced, then within capacity)."""
+  if n is not None:
+    check_task_id(t, n)
+  elif not 0 <= t < bank.capacity:
+    raise ValueError(f"task id {t} is outside the bank's capacity 0..{bank.capacity - 1}")
+
+
 def get(bank: BankState, task_id) -> dict:
-  """One task's masks tree (float32 0/1); ``task_id`` may be traced."""
-  row = _row(bank.rows, jnp.asarray(task_id, jnp.int32))
+  """One stored task's masks tree (float32 0/1); ``task_id`` may be traced.
+
+  A concrete id must be an integer in ``0..num_tasks - 1`` (one-line
+  ValueError otherwise: float, bool, negative, never added). Under ``jit``
+  with a traced id (or bank) an id outside ``0..num_tasks - 1`` returns
+  all-zero masks, never another task's.
+  """
+  t = _static_id(task_id)
+  if t is not None:
+    _check_stored_id(bank, t, _stored(bank))
+  task_id = jnp.asarray(task_id, jnp.int32)
+  valid = (task_id >= 0) & (task_id < bank.num_tasks)
+  row = _row(bank.rows, jnp.clip(task_id, 0, bank.capacity - 1))
+  row = jnp.where(valid, row, jnp.zeros_like(row))
   return bank.layout.unflatten(unpack_rows(bank, row)[0])
 
 
+def _static_ids(task_ids) -> tuple[jax.Array, list[int] | None]:
+  """(ids as int32 [k], their Python ints or None when traced)."""
+  if isinstance(task_ids, (list, tuple, range)):
+    ints = [_static_id(t, "every task id") for t in task_ids]
+    if any(t is None for t in ints):  # a list holding tracers
+      return jnp.stack([jnp.asarray(t, jnp.int32) for t in task_ids]), None
+    return jnp.asarray(np.asarray(ints, np.int64).astype(np.int32)), ints
+  dtype = getattr(task_ids, "dtype", None)
+  if dtype is None or np.ndim(task_ids) != 1 or not jnp.issubdtype(dtype, jnp.integer):
+    what = (f"dtype {dtype} and shape {np.shape(task_ids)}" if dtype is not None
+            else f"{task_ids!r} ({type(task_ids).__name__})")
+    raise ValueError(f"task ids must be a 1-D sequence of integers, got {what}; "
+                     "e.g. [0, 2] or jnp.array([0, 2]) (one task: get)")
+  if isinstance(task_ids, jax.core.Tracer):
+    return task_ids.astype(jnp.int32), None
+  ints = [int(t) for t in np.asarray(task_ids)]
+  return jnp.asarray(task_ids, jnp.int32), ints
+
+
 def stacked(bank: BankState, task_ids) -> dict:
-  """Masks of several tasks as one tree with a leading task axis [k, ...]."""
-  rows = bank.rows[jnp.asarray(task_ids, jnp.int32)]
+  """Masks of several stored tasks as one tree with a leading task axis [k, ...].
+
+  Concrete ids are checked as in :func:`get`; under ``jit`` a traced id
+  outside ``0..num_tasks - 1`` gives all-zero masks at its position.
+  """
+  ids, ints = _static_ids(task_ids)
+  if ints is not None:
+    n = _stored(bank)
+    for t in ints:
+      _check_stored_id(bank, t, n)
+  valid = (ids >= 0) & (ids < bank.num_tasks)
+  rows = bank.rows[jnp.clip(ids, 0, bank.capacity - 1)]
+  rows = jnp.where(valid[:, None], rows, jnp.zeros_like(rows))
   return bank.layout.unflatten(unpack_rows(bank, rows))
 
 
 def mean_masks(bank: BankState, scale=None) -> dict:
   """The mean of all stored masks (uniform superposition alpha = 1/num_tasks),
-  or ``counts / scale`` (alpha = 1/scale for every stored mask)."""
-  denom = bank.num_tasks if scale is None else scale
+  or ``counts / scale`` (alpha = 1/scale for every stored mask).
+
+  Refuses an empty bank (no ``scale``) and a ``scale`` that is not a finite
+  number > 0 where they are concrete; under ``jit`` an empty bank gives NaN
+  masks (0 / 0).
+  """
+  if scale is None:
+    if _stored(bank) == 0:
+      raise ValueError("the mask bank is empty: no mean mask; put a task first")
+    denom = bank.num_tasks
+  else:
+    if isinstance(scale, (bool, str)) or np.ndim(scale) != 0:
+      raise ValueError(f"scale must be a number > 0, got {scale!r}")
+    if checks.is_concrete(scale) and not 0 < float(scale) < np.inf:
+      raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    denom = scale
   return bank.layout.unflatten(bank.counts.astype(jnp.float32)
                                / jnp.asarray(denom, jnp.float32))
 
@@ -376,6 +544,9 @@ def rows_weighted_sum(rows: jax.Array, a: jax.Array, num_rows, num_bits: int, *,
 def dot(bank: BankState, flat_g: jax.Array, *, block: int = 64) -> jax.Array:
   """``[capacity]``: the product of every stored mask with ``flat_g``
   (``[num_bits]``); zero past ``num_tasks``. Pure and jittable."""
+  if np.shape(flat_g) != (bank.layout.num_bits,):
+    raise ValueError(f"flat_g must have shape ({bank.layout.num_bits},) (one value per "
+                     f"maskable weight, bank.layout.flatten(tree)), got {np.shape(flat_g)}")
   return rows_dot(bank.rows, flat_g, bank.num_tasks, packed=bank.packed, block=block)
 
 
@@ -393,14 +564,11 @@ _put_jit = jax.jit(put, donate_argnums=0)
 
 def check_task_id(task_id, num_tasks: int) -> int:
   """A stored task id as a Python int: accepts Python, NumPy and JAX integer
-  scalars, refuses floats, bools and ids not in ``0..num_tasks - 1``."""
-  dtype = getattr(task_id, "dtype", None)
-  is_int = (isinstance(task_id, (int, np.integer)) and not isinstance(task_id, bool)) or (
-      dtype is not None and np.ndim(task_id) == 0 and jnp.issubdtype(dtype, jnp.integer))
-  if not is_int:
-    raise ValueError(f"task id must be an integer, got {task_id!r} "
-                     f"({type(task_id).__name__})")
-  t = operator.index(int(task_id))
+  scalars (concrete), refuses floats, bools and ids not in ``0..num_tasks - 1``."""
+  t = _static_id(task_id)
+  if t is None:
+    raise ValueError(f"task id {task_id!r} is traced: check_task_id needs a concrete id "
+                     "(call it outside jit)")
   if not 0 <= t < num_tasks:
     raise ValueError(
         f"task id {t} was never added to the mask bank; stored task ids are "
@@ -463,11 +631,7 @@ class MaskBank:
   def add(self, masks: Mapping) -> int:
     """Stores one task's 0/1 masks tree; returns its id. Refuses masks that
     are not exactly 0/1 (NaN included) or do not match the layout."""
-    self.layout.check_tree(masks)
-    leaves = [jnp.asarray(x) for x in jax.tree.leaves(masks)]
-    if not all(bool(jnp.all((x == 0) | (x == 1))) for x in leaves):
-      raise ValueError("masks must be exactly 0 or 1 (got other or non-finite "
-                       "values); store masks_from_scores(...) output, not scores")
+    check_masks(self.layout, masks)
     if self.num_tasks == self._state.capacity:
       self._state = grow(self._state, 2 * self._state.capacity)
     self._state = _put_jit(self._state, jnp.int32(self.num_tasks), masks)
@@ -479,7 +643,9 @@ class MaskBank:
 
   def get(self, task_id) -> dict:
     """One task's masks tree (float32 0/1)."""
-    return get(self._state, check_task_id(task_id, self.num_tasks))
+    if checks.is_concrete(task_id):
+      task_id = check_task_id(task_id, self.num_tasks)
+    return get(self._state, task_id)
 
   def stacked(self, task_ids: Sequence[int] | None = None) -> dict:
     """Masks of several tasks as one tree with a leading task axis [k, ...]."""

@@ -13,6 +13,19 @@ On CPU the pass is a compiled kernel (``supsup_jax.bitdot``: 16 bits of a
 mask are an AVX-512 write mask over G, so the masks are never unpacked);
 elsewhere a per-byte lookup table, ``lut[j, v] = sum_b bit_b(v) * G[8j + b]``.
 
+Checks and ``jit``: every public function here can be wrapped in ``jax.jit``
+(the model, objective, algorithm and ``num_tasks`` closed over or static).
+Input values are checked only where they are concrete (outside a trace, see
+:mod:`supsup_jax.checks`): an empty bank, empty or non-finite images, and
+non-finite weights, batch statistics or gradients are one-line ValueErrors
+there. Under ``jit`` nothing is read back to the host: a bank whose task
+count is traced gives ``[capacity]`` gradients with ``+inf`` past
+``num_tasks`` (pass ``num_tasks=`` for ``[num_tasks]``), and :func:`oneshot`,
+:func:`binary`, :func:`binary_many` and :func:`infer_task` return ``-1``
+(never a task id) when the gradients they compare are not finite or the bank
+is empty. Images whose shape does not fit the weights are refused in one line
+under ``jit`` too (shapes are static).
+
 Objectives (``objective=``):
   * "entropy" (H): mean Shannon entropy of the softmax over all outputs.
   * "g" (G): mean logsumexp of the logits where the real-class logits are
@@ -30,7 +43,8 @@ import numpy as np
 from supsup_jax import bank as bank_lib
 from supsup_jax import losses
 from supsup_jax import tree as tree_lib
-from supsup_jax.masked_model import MaskedModel
+from supsup_jax import checks
+from supsup_jax.masked_model import InputShapeError, MaskedModel
 
 OBJECTIVES = ("entropy", "g")
 ALGORITHMS = ("oneshot", "binary")
@@ -67,6 +81,11 @@ def superposed_logits(masked: MaskedModel, weights, stacked_masks: Mapping,
   Returns:
     logits ``[B, num_outputs]``. Pure: works under jit, grad and vmap.
   """
+  leaves = jax.tree.leaves(stacked_masks)
+  k = np.shape(leaves[0])[0] if leaves and np.ndim(leaves[0]) else None
+  if np.shape(alphas) != (k,):
+    raise ValueError(f"alphas must have shape ({k},), one per stacked mask, got "
+                     f"{np.shape(alphas)}")
   mixed = jax.tree.map(lambda m: jnp.tensordot(alphas, m, axes=1), dict(stacked_masks))
   logits, _ = masked.logits_with_masks(weights, mixed, batch_stats or {}, images,
                                        train=False)
@@ -96,7 +115,7 @@ def effective_weight_grad(masked: MaskedModel, weights, mixed_masks: Mapping,
     variables = {"params": params}
     if batch_stats:
       variables["batch_stats"] = batch_stats
-    logits = masked.model.apply(variables, images, train=False)
+    logits = masked.apply(variables, images, train=False)
     return objective_value(logits, objective, masked.num_classes)
 
   effective = jax.tree.map(jnp.multiply, w_masked, dict(mixed_masks))
@@ -116,7 +135,7 @@ def _alpha_grad(masked, layout, weights, rows, counts, num_tasks, images,
 
 def alpha_grad(masked: MaskedModel, weights, bank, images: jax.Array, *,
                objective: str = "entropy", batch_stats=None,
-               block: int = 64) -> jax.Array:
+               block: int = 64, num_tasks: int | None = None) -> jax.Array:
   """d obj / d alpha at the uniform superposition of all tasks in ``bank``.
 
   bank: a :class:`~supsup_jax.bank.BankState` or ``MaskBank``.
@@ -124,12 +143,23 @@ def alpha_grad(masked: MaskedModel, weights, bank, images: jax.Array, *,
   Uses the bank's incrementally kept mean mask and reads its rows in place;
   the compiled program depends only on the bank's capacity, not on how many
   tasks it holds.
+
+  Concrete inputs: an empty bank, empty or non-finite images, and
+  gradients that are not finite (non-finite weights or batch statistics are
+  named) are one-line ValueErrors. Under ``jit`` with a traced bank and no
+  ``num_tasks`` the result is ``[capacity]``, ``+inf`` past the stored tasks;
+  non-finite inputs give non-finite gradients (no check).
   """
-  state, k = _check_bank(bank, objective, images)
+  state, k = _check_bank(bank, objective, images, num_tasks)
   grads = _alpha_grad(masked, state.layout, weights, state.rows, state.counts,
                       state.num_tasks.astype(jnp.float32), images, batch_stats,
                       objective, state.packed, block)
-  return grads[:k]
+  if k is None:
+    return _inf_past(grads, state.num_tasks)
+  grads = grads[:k]
+  if checks.is_concrete(grads) and not checks.all_finite(grads):
+    _refuse_nonfinite(weights, images, batch_stats)
+  return grads
 
 
 @functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
@@ -174,6 +204,37 @@ def _unpack_rows_per_block(num_bits: int, block: int) -> int:
   return rows
 
 
+def _inf_past(grads: jax.Array, num_tasks) -> jax.Array:
+  """``grads [..., capacity]`` with ``+inf`` past ``num_tasks`` (never an argmin)."""
+  return jnp.where(jnp.arange(grads.shape[-1]) < num_tasks, grads, jnp.inf)
+
+
+def _argmin_or_minus_one(grads: jax.Array, num_valid) -> jax.Array:
+  """argmin over the first ``num_valid`` entries of the last axis, or -1
+  where one of them is not finite or there are none (jit-safe)."""
+  valid = jnp.arange(grads.shape[-1]) < num_valid
+  ok = jnp.all(jnp.isfinite(grads) | ~valid, axis=-1) & (num_valid > 0)
+  return jnp.where(ok, jnp.argmin(jnp.where(valid, grads, jnp.inf), axis=-1), -1)
+
+
+def _refuse_nonfinite(weights, images, batch_stats) -> None:
+  """Called on concrete gradients that are not finite: a one-line ValueError
+  naming the input that made them so."""
+  bad = checks.nonfinite_paths(weights)
+  if bad:
+    raise ValueError(f"task inference got non-finite weights (NaN or inf in {bad[:4]}); "
+                     "rebuild them with weights.init_weights(model, seed, ...) or check "
+                     "where they were loaded from")
+  bad = checks.nonfinite_paths(batch_stats)
+  if bad:
+    raise ValueError(f"task inference got non-finite batch statistics (in {bad[:4]}); "
+                     "the task's batch-norm statistics diverged: retrain it")
+  if checks.nonfinite_paths(images):
+    raise ValueError("task inference got non-finite images (NaN or inf); check the input data")
+  raise ValueError("task inference got non-finite alpha-gradients from finite inputs "
+                   "(the logits overflow): check the scale of the weights and images")
+
+
 def _units_call(masked, weights, state, k, images_many, alive, objective,
                 batch_stats, block):
   block = _unpack_rows_per_block(state.layout.num_bits, block)
@@ -188,18 +249,56 @@ def _units_call(masked, weights, state, k, images_many, alive, objective,
   return grads[:, :k]
 
 
+def _num_tasks_arg(num_tasks) -> int | None:
+  """``num_tasks=`` as a Python int (None when not given or traced)."""
+  if num_tasks is None or isinstance(num_tasks, jax.core.Tracer):
+    return None
+  dtype = getattr(num_tasks, "dtype", None)
+  if isinstance(num_tasks, bool) or not (
+      isinstance(num_tasks, (int, np.integer)) or dtype is not None
+      and np.ndim(num_tasks) == 0 and jnp.issubdtype(dtype, jnp.integer)):
+    raise ValueError(f"num_tasks must be an integer (the bank's stored tasks), got "
+                     f"{num_tasks!r}")
+  return int(num_tasks)
+
+
 def _check_bank(bank, objective: str, images, num_tasks: int | None = None):
-  """(BankState, number of stored tasks) after checking the inputs."""
+  """(BankState, number of stored tasks) after checking the inputs.
+
+  The number is ``num_tasks`` if given, else read from the bank when it is
+  concrete, else None (a traced bank under ``jit``). Image values are only
+  checked when concrete (no host sync under tracing).
+  """
   check_objective(objective)
   state = bank_lib.as_state(bank)
-  k = int(state.num_tasks) if num_tasks is None else int(num_tasks)
+  k = _num_tasks_arg(num_tasks)
+  if k is None and isinstance(bank, bank_lib.MaskBank):
+    k = bank.num_tasks
+  elif k is None and checks.is_concrete(state.num_tasks):
+    k = int(state.num_tasks)
   if k == 0:
     raise ValueError("task inference needs at least one mask in the bank")
+  if k is not None and not 0 < k <= state.capacity:
+    raise ValueError(f"num_tasks={k} is not in 1..{state.capacity} (the bank's capacity)")
   if np.size(images) == 0:
     raise ValueError(f"task inference needs at least one image, got shape {np.shape(images)}")
-  if not bool(jnp.all(jnp.isfinite(images))):
+  if checks.is_concrete(images) and checks.nonfinite_paths(images):
     raise ValueError("task inference got non-finite images (NaN or inf); check the input data")
   return state, k
+
+
+def _restate_shape(error: InputShapeError, images, lead: str = "N, n",
+                   what: str = "images_many") -> InputShapeError:
+  """An error raised for one unit's ``[n, ...]`` batch, restated for the
+  caller's ``images`` (``[N, n, ...]`` by default)."""
+  return InputShapeError(tuple(np.shape(images)), error.expected, error.detail,
+                         lead=lead, what=what)
+
+
+def _check_units(images_many) -> None:
+  if np.ndim(images_many) < 3:
+    raise ValueError(f"images_many must be [N, n, *input_shape] (N units of n images), got "
+                     f"shape {np.shape(images_many)}; one batch: images[None]")
 
 
 def alpha_grads_many(masked: MaskedModel, weights, bank, images_many: jax.Array, *,
@@ -210,63 +309,113 @@ def alpha_grads_many(masked: MaskedModel, weights, bank, images_many: jax.Array,
   images_many: ``[N, n, *input_shape]`` (N units of n images each).
   Returns ``[N, num_tasks]``. Units are processed ``unit_chunk`` at a
   time (bounds memory to unit_chunk x num_bits floats). ``num_tasks`` (the
-  bank's, if given) saves a device sync.
+  bank's, if given) saves a device sync. Checks as :func:`alpha_grad`
+  (under ``jit`` with a traced bank and no ``num_tasks``: ``[N, capacity]``,
+  ``+inf`` past the stored tasks).
   """
   state, k = _check_bank(bank, objective, images_many, num_tasks)
-  out = [_units_call(masked, weights, state, k, images_many[i:i + unit_chunk], None,
-                     objective, batch_stats, block)
-         for i in range(0, images_many.shape[0], unit_chunk)]
-  return jnp.concatenate(out)
+  _check_units(images_many)
+  try:
+    out = jnp.concatenate([
+        _units_call(masked, weights, state, k, images_many[i:i + unit_chunk], None,
+                    objective, batch_stats, block)
+        for i in range(0, images_many.shape[0], unit_chunk)])
+  except InputShapeError as e:
+    raise _restate_shape(e, images_many) from None
+  if k is None:
+    return _inf_past(out, state.num_tasks)
+  if checks.is_concrete(out) and not checks.all_finite(out):
+    _refuse_nonfinite(weights, images_many, batch_stats)
+  return out
+
+
+@functools.partial(jax.jit, static_argnames="n_keep")
+def _halve(g, alive, finite, n_keep):
+  """One binary round: per unit, the ``n_keep`` alive tasks of smallest
+  gradient (stable); ``finite`` drops units whose alive gradients are not."""
+  finite = finite & jnp.all(jnp.isfinite(g) | ~alive, axis=1)
+  order = jnp.argsort(jnp.where(alive, g, jnp.inf), axis=1, stable=True)[:, :n_keep]
+  rows = jnp.arange(alive.shape[0])[:, None]
+  return jnp.zeros_like(alive).at[rows, order].set(True), finite
 
 
 def binary_many(masked: MaskedModel, weights, bank, images_many: jax.Array, *,
                 objective: str = "entropy", batch_stats=None, block: int = 64,
-                unit_chunk: int = 16, num_tasks: int | None = None) -> np.ndarray:
+                unit_chunk: int = 16, num_tasks: int | None = None):
   """Binary task inference for N units at once; returns ``[N]`` task ids.
 
   Each round keeps, per unit, the half of its candidates with the smallest
   gradient and resets alpha uniform over them (<= log2 k + 1 rounds).
+  Returns a NumPy int array on concrete inputs (non-finite gradients are a
+  one-line ValueError naming the input). Jittable when the number of tasks
+  is known at trace time (a concrete bank, or ``num_tasks=``): the rounds
+  depend on it; a unit whose gradients are not finite then gets ``-1``.
   """
   state, k = _check_bank(bank, objective, images_many, num_tasks)
+  _check_units(images_many)
+  if k is None:
+    raise ValueError("binary inference on a traced bank needs num_tasks= (a Python int): "
+                     "the number of halving rounds depends on it")
   picks = []
-  for start in range(0, images_many.shape[0], unit_chunk):
-    images = images_many[start:start + unit_chunk]
-    alive = np.ones((images.shape[0], k), bool)
-    n_alive = k
-    while n_alive > 1:
-      g = np.asarray(_units_call(masked, weights, state, k, images,
-                                 None if n_alive == k else alive,
-                                 objective, batch_stats, block))
-      g = np.where(alive, g, np.inf)
-      n_alive = (n_alive + 1) // 2
-      order = np.argsort(g, axis=1, kind="stable")[:, :n_alive]
-      alive = np.zeros_like(alive)
-      np.put_along_axis(alive, order, True, axis=1)
-    picks.append(np.argmax(alive, axis=1))
-  return np.concatenate(picks)
+  try:
+    for start in range(0, images_many.shape[0], unit_chunk):
+      images = images_many[start:start + unit_chunk]
+      alive = jnp.ones((images.shape[0], k), bool)
+      finite = jnp.ones((images.shape[0],), bool)
+      n_alive = k
+      while n_alive > 1:
+        g = _units_call(masked, weights, state, k, images,
+                        None if n_alive == k else alive, objective, batch_stats, block)
+        n_alive = (n_alive + 1) // 2
+        alive, finite = _halve(g, alive, finite, n_alive)
+      picks.append(jnp.where(finite, jnp.argmax(alive, axis=1), -1))
+  except InputShapeError as e:
+    raise _restate_shape(e, images_many) from None
+  picks = jnp.concatenate(picks)
+  if not checks.is_concrete(picks):
+    return picks
+  picks = np.asarray(picks).astype(np.int64)
+  if np.any(picks < 0):
+    _refuse_nonfinite(weights, images_many, batch_stats)
+  return picks
 
 
 def oneshot(masked: MaskedModel, weights, bank, images, *,
-            objective: str = "entropy", batch_stats=None) -> int:
-  """One-shot task inference: argmin of the alpha-gradient."""
-  return int(jnp.argmin(alpha_grad(masked, weights, bank, images,
-                                   objective=objective, batch_stats=batch_stats)))
+            objective: str = "entropy", batch_stats=None,
+            num_tasks: int | None = None):
+  """One-shot task inference: argmin of the alpha-gradient (an int).
+
+  Concrete inputs are checked as in :func:`alpha_grad` (a NaN never becomes
+  task 0). Under ``jit`` returns a traced int32: the task, or ``-1`` when
+  the gradients are not finite or the bank is empty.
+  """
+  grads = alpha_grad(masked, weights, bank, images, objective=objective,
+                     batch_stats=batch_stats, num_tasks=num_tasks)
+  if checks.is_concrete(grads):
+    return int(jnp.argmin(grads))  # finite: alpha_grad checked
+  return _argmin_or_minus_one(grads, bank_lib.as_state(bank).num_tasks)
 
 
 def binary(masked: MaskedModel, weights, bank, images, *,
-           objective: str = "entropy", batch_stats=None, block: int = 64) -> int:
+           objective: str = "entropy", batch_stats=None, block: int = 64,
+           num_tasks: int | None = None):
   """Binary task inference for one batch of images [B, ...] (see binary_many)."""
-  return int(binary_many(masked, weights, bank, images[None], objective=objective,
-                         batch_stats=batch_stats, block=block)[0])
+  try:
+    picks = binary_many(masked, weights, bank, images[None], objective=objective,
+                        batch_stats=batch_stats, block=block, num_tasks=num_tasks)
+  except InputShapeError as e:
+    raise _restate_shape(e, images, "B", "images") from None
+  return int(picks[0]) if checks.is_concrete(picks) else picks[0]
 
 
 def infer_task(masked: MaskedModel, weights, bank, images, *,
                algorithm: str = "oneshot", objective: str = "entropy",
-               batch_stats=None) -> int:
-  """Infers the task of a batch of images with the chosen algorithm."""
+               batch_stats=None, num_tasks: int | None = None):
+  """Infers the task of a batch of images with the chosen algorithm (an int;
+  under ``jit`` a traced int32, ``-1`` where no task can be chosen)."""
   if algorithm not in ALGORITHMS:
     raise ValueError(f"unknown inference algorithm {algorithm!r}; allowed: "
                      f"{', '.join(ALGORITHMS)}")
   fn = oneshot if algorithm == "oneshot" else binary
   return fn(masked, weights, bank, images, objective=objective,
-            batch_stats=batch_stats)
+            batch_stats=batch_stats, num_tasks=num_tasks)

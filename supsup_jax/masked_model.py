@@ -6,13 +6,52 @@ only thing a task owns.
 """
 from __future__ import annotations
 
+import re
+from typing import Any, Sequence
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from supsup_jax import masks as masks_lib
+from supsup_jax import weights as weights_lib
 from supsup_jax.masks import MaskSpec
+
+_SHAPE_ERROR = re.compile(r'parameter "(?P<name>[^"]*)" in "(?P<scope>[^"]*)".*?'
+                          r'generate shape (?P<made>\([^)]*\)).*?'
+                          r'received has shape (?P<held>\([^)]*\))', re.S)
+
+
+def _fmt(shape: Sequence[int], lead: str = "B") -> str:
+  return "[" + ", ".join([lead, *(str(d) for d in shape)]) + "]"
+
+
+class InputShapeError(ValueError):
+  """Images whose shape does not fit the model (a one-line ValueError).
+
+  Attributes: ``expected`` (per-example shape, or None when unknown) and
+  ``detail`` (which parameter did not fit), so callers that batch images
+  differently (``[N, n, ...]``) can restate the message for their shape.
+  """
+
+  def __init__(self, given: tuple, expected: tuple | None, detail: str = "",
+               lead: str = "B", what: str = "images"):
+    self.given, self.expected, self.detail = given, expected, detail
+    super().__init__(self.message(given, lead, what))
+
+  def message(self, given: tuple, lead: str = "B", what: str = "images") -> str:
+    per = len(lead.split(", "))
+    if self.expected is not None:
+      want = _fmt(self.expected, lead)
+      hint = ("add a batch axis: images[None]" if tuple(given) == self.expected
+              else f"pass {what} of shape {want}")
+      return (f"{what} have shape {tuple(given)}, this model takes {want}{self.detail}; "
+              f"{hint}")
+    return (f"{what} of shape {tuple(given)} (per example {tuple(given)[per:]}) do not fit "
+            f"this model's weights{self.detail}; pass {what} of the per-example shape the "
+            "weights were built from (MaskedModel(..., input_shape=...) checks it up front)")
 
 
 class MaskedModel:
@@ -23,12 +62,49 @@ class MaskedModel:
     mask_spec: how scores turn into masks.
     num_classes: real classes per task; logits beyond them are superfluous
       neurons (trained down by the cross-entropy, ignored by accuracy).
+    input_shape: the per-example input shape (no batch axis), or None. When
+      given, every call checks ``images.shape[1:]`` against it up front (a
+      static check: free under ``jit``). Without it, images whose shape does
+      not fit the weights are still refused in one line (instead of Flax's
+      ``ScopeParamShapeError``), naming the shape :func:`~supsup_jax.weights.
+      init_weights` built the weights from when it is known.
   """
 
-  def __init__(self, model: nn.Module, mask_spec: MaskSpec, num_classes: int):
+  def __init__(self, model: nn.Module, mask_spec: MaskSpec, num_classes: int,
+               input_shape: Sequence[int] | None = None):
     self.model = model
     self.mask_spec = mask_spec
     self.num_classes = num_classes
+    if input_shape is not None:
+      input_shape = tuple(int(d) for d in input_shape)
+      if min(input_shape, default=1) < 1:
+        raise ValueError(f"input_shape must hold positive sizes (no batch axis), "
+                         f"got {input_shape}; e.g. (28, 28, 1)")
+    self.input_shape = input_shape
+
+  def check_images(self, images: Any) -> None:
+    """One-line ValueError unless ``images`` is a batch ``[B, *input_shape]``
+    (shape only; does nothing when ``input_shape`` is not set)."""
+    if self.input_shape is None:
+      return
+    shape = tuple(np.shape(images))
+    if shape[1:] != self.input_shape:
+      raise InputShapeError(shape, self.input_shape, f" (input_shape={self.input_shape})")
+
+  def apply(self, variables, images, **kwargs):
+    """``model.apply(variables, images, **kwargs)`` with the input shape
+    checked: images that do not fit are an :class:`InputShapeError` (one line
+    naming the given and, when known, the expected shape), not Flax's
+    ``ScopeParamShapeError``."""
+    self.check_images(images)
+    try:
+      return self.model.apply(variables, images, **kwargs)
+    except flax.errors.ScopeParamShapeError as e:
+      expected = weights_lib.example_input_shape(self.model, variables.get("params", {}))
+      m = _SHAPE_ERROR.search(str(e))
+      detail = (f" ({m['scope'].strip('/')}/{m['name']} would be {m['made']}, the weights "
+                f"hold {m['held']})" if m else "")
+      raise InputShapeError(tuple(np.shape(images)), expected, detail) from None
 
   def logits_with_masks(self, weights, masks, batch_stats, images, train: bool,
                         key: jax.Array | None = None):
@@ -39,10 +115,10 @@ class MaskedModel:
       variables["batch_stats"] = batch_stats
     rngs = {"dropout": key} if key is not None else None
     if train and batch_stats:
-      logits, updates = self.model.apply(variables, images, train=True,
-                                         mutable=["batch_stats"], rngs=rngs)
+      logits, updates = self.apply(variables, images, train=True,
+                                   mutable=["batch_stats"], rngs=rngs)
       return logits, updates["batch_stats"]
-    return self.model.apply(variables, images, train=train, rngs=rngs), batch_stats
+    return self.apply(variables, images, train=train, rngs=rngs), batch_stats
 
   def logits(self, weights, scores, batch_stats, images, train: bool,
              key: jax.Array | None = None):
@@ -53,6 +129,3 @@ class MaskedModel:
 def accuracy(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
   """Accuracy with the prediction restricted to the real classes."""
   return jnp.mean(jnp.argmax(logits[:, :num_classes], -1) == labels)
-
-
-

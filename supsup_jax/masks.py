@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supsup_jax import checks
 from supsup_jax import tree as tree_lib
 from supsup_jax.weights import fan_in
 
@@ -206,11 +207,22 @@ def masks_from_scores(scores: Mapping, kind: str = "topk",
     kind: "topk" (per-layer top-k by ``|score|``) or "threshold" (scores >= 0).
     k: for top-k, a keep fraction in (0, 1] for every layer, or a tree of
       per-layer fractions (e.g. :func:`er_fractions`).
+
+  Concrete scores holding NaN or inf are refused (one-line ValueError): the
+  straight-through mask ``(s - stop(s)) + mask`` would be NaN there. Under
+  ``jit`` (traced scores) the values cannot be read: the masks then hold NaN
+  where a score is NaN or inf (and a top-k ranking of such a leaf is
+  meaningless); the run loop's non-finite guard reports the loss it gives.
   """
   _check_kind(kind)
   flat = tree_lib.flatten(scores, "scores")
   for p, s in flat.items():
     _check_array(s, f"scores leaf {tree_lib.path_str(p)}")
+  if checks.is_concrete(scores):
+    bad = checks.nonfinite_paths(scores)
+    if bad:
+      raise ValueError(f"scores leaves {bad} hold NaN or inf, so their masks would be NaN; "
+                       "the scores diverged (lower the learning rate) or were loaded damaged")
   scores = dict(scores)
   if kind == "threshold":
     return jax.tree.map(threshold_mask, scores)

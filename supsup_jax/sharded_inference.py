@@ -123,9 +123,13 @@ def _put_rows(rows, task_id, row, mesh):
 def put(bank: bank_lib.BankState, task_id, masks: Mapping, mesh: Mesh) -> bank_lib.BankState:
   """:func:`supsup_jax.bank.put` on a sharded bank (the row is written in place
   on its device; counts, replicated, follow)."""
-  t = int(task_id)
-  if not 0 <= t < bank.capacity:
-    raise ValueError(f"task id {t} is outside the bank's capacity 0..{bank.capacity - 1}")
+  # The same refusals as the single-device put: a float or bool id, a gap,
+  # an id past the capacity, masks that are not 0/1.
+  t = bank_lib.check_put_id(bank, task_id)
+  if t is None:
+    raise ValueError("sharded_inference.put needs a concrete task id (it writes the row "
+                     "where it lives, outside jit)")
+  bank_lib.check_masks(bank.layout, masks)
   flat = bank.layout.flatten(jax.tree.map(jax.lax.stop_gradient, dict(masks)))
   bits = flat > 0.5
   row = jnp.packbits(bits) if bank.packed else bits

@@ -152,6 +152,28 @@ def random_kernel(seed: int, path: tree_lib.Path, shape: tuple[int, ...],
   return (z * std).astype(np.float32)
 
 
+# (model, params shapes) -> the per-example input shape init_weights last built
+# such weights from: only to name the expected shape in an error message.
+_EXAMPLE_SHAPES: dict[tuple, tuple[int, ...]] = {}
+_MAX_EXAMPLE_SHAPES = 256
+
+
+def _weights_signature(model: Any, params: Any) -> tuple:
+  flat = tree_lib.flatten(params)
+  return (type(model).__name__, repr(model),
+          tuple(sorted((p, tuple(np.shape(v))) for p, v in flat.items())))
+
+
+def example_input_shape(model: Any, weights: Any) -> tuple[int, ...] | None:
+  """The per-example input shape (no batch axis) :func:`init_weights` built
+  weights of these shapes for this model from, in this process; None if it
+  did not (weights loaded or built another way). A hint for error messages."""
+  try:
+    return _EXAMPLE_SHAPES.get(_weights_signature(model, weights))
+  except (TypeError, ValueError):
+    return None
+
+
 def init_weights(model: nn.Module, seed: int, example_input: Any, *,
                  init: str = "signed_constant",
                  gain: float = float(np.sqrt(2.0)),
@@ -201,7 +223,11 @@ def init_weights(model: nn.Module, seed: int, example_input: Any, *,
           seed, path, tuple(leaf.shape), init, gain, bits.get(path)))
     else:
       flat[path] = jax.numpy.asarray(others[path])
-  return tree_lib.unflatten(flat)
+  weights = tree_lib.unflatten(flat)
+  if len(_EXAMPLE_SHAPES) >= _MAX_EXAMPLE_SHAPES:
+    _EXAMPLE_SHAPES.pop(next(iter(_EXAMPLE_SHAPES)))
+  _EXAMPLE_SHAPES[_weights_signature(model, weights)] = tuple(shape[1:])
+  return weights
 
 
 def init_model_state(model: nn.Module, example_input: Any, **apply_kwargs) -> dict:
