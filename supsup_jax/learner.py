@@ -107,13 +107,21 @@ def serves(learner: Learner, scenario: str) -> bool:
   return all(getattr(learner, f) is not None for f in _NEEDS[scenario])
 
 
+def train_steps(iterations, epochs, train_size: int, batch_size: int) -> int:
+  """Steps of one training, the one formula every run uses: ``iterations``
+  if > 0, else ``ceil(epochs * train_size / batch_size)`` (a last partial
+  batch counts, as a PyTorch DataLoader without ``drop_last`` does)."""
+  if iterations:
+    return int(iterations)
+  return int(math.ceil(float(epochs) * int(train_size) / int(batch_size)))
+
+
 def steps_per_task(config, stream) -> int:
   """Train steps per task of an experiment config: ``iterations_per_task``,
   or ``epochs_per_task`` epochs of task 0's training split."""
-  if config.get("iterations_per_task"):
-    return int(config.iterations_per_task)
   epochs = float(config.get("epochs_per_task") or 0)
-  if epochs <= 0:
+  if not config.get("iterations_per_task") and epochs <= 0:
     raise ValueError("set config.iterations_per_task or config.epochs_per_task "
                      "to a positive number")
-  return int(math.ceil(epochs * stream.train_size(0) / config.batch_size))
+  return train_steps(config.get("iterations_per_task"), epochs, stream.train_size(0),
+                     config.batch_size)

@@ -33,7 +33,7 @@ and so inherits:
 
 It also holds the pieces of a run every kind builds from a config the same
 way: its data stream (:func:`stream_from_config`), its steps
-(:func:`supsup_jax.learner.steps_per_task`, one formula) and its non-finite guard
+(:func:`supsup_jax.learner.train_steps`, one formula) and its non-finite guard
 (:func:`check_finite`).
 """
 from __future__ import annotations

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
+
+from supsup_jax import learner as learner_lib
 
 
 def _name(prefix: str, key: str) -> str:
@@ -139,13 +141,8 @@ def fractions(cfg, key: str, prefix: str = "") -> tuple[float, ...]:
   return tuple(out)
 
 
-def train_steps(iterations: Any, epochs: Any, train_size: int, batch_size: int) -> int:
-  """Steps of one training: ``iterations`` if > 0, else ``ceil(epochs *
-  train_size / batch_size)`` (the one formula, as the continual loop's
-  ``steps_per_task``)."""
-  if iterations:
-    return int(iterations)
-  return int(math.ceil(float(epochs) * int(train_size) / int(batch_size)))
+# Steps of one training: the one formula of every run.
+train_steps = learner_lib.train_steps
 
 
 def iterations_or_epochs(config) -> None:
