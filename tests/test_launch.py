@@ -77,3 +77,27 @@ class LauncherErrorsTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class LayersTest(absltest.TestCase):
+  """Imports flow one way: launch -> supsup_jax.runs -> the library floors."""
+
+  def test_library_floors_import_neither_runs_nor_launch(self):
+    import ast  # pylint: disable=import-outside-toplevel
+    pkg = os.path.join(REPO, "supsup_jax")
+    offenders = []
+    for dirpath, _, files in os.walk(pkg):
+      for f in files:
+        if not f.endswith(".py"):
+          continue
+        path = os.path.join(dirpath, f)
+        in_runs = os.path.relpath(path, pkg).startswith("runs" + os.sep)
+        for node in ast.walk(ast.parse(open(path).read())):
+          names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                   [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                   if isinstance(node, ast.ImportFrom) else [])
+          for name in names:
+            if name.split(".")[0] == "launch" or (
+                not in_runs and name.startswith("supsup_jax.runs")):
+              offenders.append(f"{os.path.relpath(path, REPO)}: {name}")
+    self.assertEqual(offenders, [])
