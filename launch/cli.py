@@ -86,9 +86,10 @@ def _bad_input_errors() -> tuple:
   from supsup_jax.checkpoint import CheckpointError, ConfigMismatchError
   from supsup_jax.data import DataNotFoundError
   # pylint: enable=import-outside-toplevel
-  return (ValueError, FileNotFoundError, DataNotFoundError, ConfigMismatchError,
-          CheckpointError, workdir_lib.WorkdirLockedError, PermissionError,
-          NotADirectoryError, RuntimeError)
+  # OSError: a full disk or a lost mount where the run writes (lock file,
+  # outputs), reported in one line like the rest.
+  return (ValueError, OSError, DataNotFoundError, ConfigMismatchError, CheckpointError,
+          workdir_lib.WorkdirLockedError, RuntimeError)
 
 
 def _sigterm_as_interrupt(signum, frame):

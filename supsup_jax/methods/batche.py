@@ -43,6 +43,7 @@ from supsup_jax import weights as weights_lib
 from supsup_jax.learner import Learner
 from supsup_jax.methods import options
 from supsup_jax.methods import trained_net
+from supsup_jax import losses
 
 # Its config keys are those of any learner with trained weights.
 check_config = trained_net.check_config
@@ -89,13 +90,9 @@ def superposed_params(params, stacked: dict, alphas: jax.Array) -> dict:
   return masks_lib.apply_masks(params, mixed)
 
 
-def mean_entropy(logits: jax.Array) -> jax.Array:
-  """Shannon entropy of the softmax over all outputs, averaged over axis -2.
-
-  logits ``[..., n, num_outputs]`` -> ``[...]``.
-  """
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1), axis=-1)
+# Shannon entropy of the softmax over all outputs, averaged over axis -2:
+# logits [..., n, num_outputs] -> [...] (ABatchE's task score).
+mean_entropy = losses.batch_entropy
 
 
 def make(model, weights, optimizer, *, input_shape, num_classes: int, capacity: int,

@@ -39,6 +39,7 @@ from supsup_jax.masks import threshold_mask
 from supsup_jax.methods import options
 from supsup_jax.training import make_optimizer
 from supsup_jax.weights import init_weights
+from supsup_jax import losses
 
 
 class GainBNSwishMLP(nn.Module):
@@ -64,10 +65,9 @@ class GainBNSwishMLP(nn.Module):
     return nn.Dense(self.num_outputs, use_bias=False)(x)
 
 
-def entropy(logits: jax.Array) -> jax.Array:
-  """Mean over the batch of the softmax entropy, logits [B, C] -> []."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1))
+# Mean over the batch of the softmax entropy, logits [B, C] -> [] (the
+# recovery's H term).
+entropy = losses.batch_entropy
 
 
 class RecoveryConfig(NamedTuple):
@@ -196,7 +196,7 @@ def build(*, hidden: Sequence[int] = (2048, 2048), num_outputs: int = 10,
   def train_step(memory, ts, images, labels):
     def loss_fn(scores):
       out = logits_st(memory, scores, images)
-      return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean(), out
+      return losses.cross_entropy(out, labels), out
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts["scores"])
     updates, opt_state = opt.update(grads, ts["opt_state"], ts["scores"])
     scores = optax.apply_updates(ts["scores"], updates)

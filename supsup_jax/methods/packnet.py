@@ -33,7 +33,6 @@ import numbers
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from supsup_jax import learner as learner_lib
 from supsup_jax import masks as masks_lib
@@ -42,6 +41,7 @@ from supsup_jax import training
 from supsup_jax.learner import Learner
 from supsup_jax.methods import options
 from supsup_jax.methods import trained_net
+from supsup_jax import losses
 
 
 PACKNET_DEFAULTS = {
@@ -163,7 +163,7 @@ def make(model, weights, optimizer, *, input_shape, num_classes: int, num_tasks:
     def loss_fn(params):
       w = effective(memory, params, state["keep"], state["task_id"] + 1)
       logits, stats = trained_net.apply(net, w, state["batch_stats"], images, True)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      loss = losses.cross_entropy(logits, labels)
       return loss, (logits, stats)
 
     (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

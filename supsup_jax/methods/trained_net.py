@@ -41,6 +41,7 @@ from supsup_jax import training
 from supsup_jax import tree as tree_lib
 from supsup_jax import weights as weights_lib
 from supsup_jax.methods import options
+from supsup_jax import losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,8 +256,7 @@ def init_task_state(optimizer, trainable: dict, rates: dict, batch_stats) -> dic
           "step": jnp.int32(0)}
 
 
-def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+_cross_entropy = losses.cross_entropy
 
 
 def make_train_step(forward: Callable, optimizer, num_classes: int) -> Callable:

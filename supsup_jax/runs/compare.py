@@ -28,6 +28,7 @@ from absl import logging
 import numpy as np
 
 from supsup_jax import workdir as workdir_lib
+from supsup_jax import plotting
 
 CSV_FIELDS = ("method", "num_tasks", "avg_accuracy", "forgetting", "bytes_per_task",
               "bytes_shared", "storage_per_task", "wall_time_per_task_s",
@@ -147,9 +148,7 @@ def write_outputs(out_dir: str, entries: Sequence[Mapping], title: str = "") -> 
 
 
 def _plot(path: str, entries: Sequence[Mapping], title: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = plotting.pyplot()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
   max_tasks = 1
   for i, e in enumerate(entries):
@@ -177,10 +176,7 @@ def _plot(path: str, entries: Sequence[Mapping], title: str) -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  plotting.save_atomic(fig, path, dpi=110)
 
 
 # -------------------------------------------------------------------- main --

@@ -33,6 +33,7 @@ import ml_collections
 
 from supsup_jax import metrics
 from supsup_jax import workdir as workdir_lib
+from supsup_jax import plotting
 
 PAPER = "Wortsman et al. 2020, Supermasks in Superposition (arXiv:2006.14769)"
 SCALES = ("cpu", "paper")
@@ -362,9 +363,7 @@ def plot(path: str, data: Mapping) -> list[tuple[float, float]]:
   """One panel per model: average accuracy (%) vs tasks learned, one line per
   run, the final value in the legend; the accuracy axis is 0-100 % and the
   task axis starts at 0, so nothing is zoomed. Returns each panel's y limits."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = plotting.pyplot()
   from matplotlib import ticker  # pylint: disable=import-outside-toplevel
   panels = data["panels"]
   fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), dpi=100,
@@ -391,10 +390,7 @@ def plot(path: str, data: Mapping) -> list[tuple[float, float]]:
                f"launch.reproduce --figure={data['figure']} --scale={data['scale']}",
                fontsize=9)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=fig.dpi)
-  plt.close(fig)
-  os.replace(tmp, path)
+  plotting.save_atomic(fig, path)
   return ylims
 
 

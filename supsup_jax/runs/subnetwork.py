@@ -56,7 +56,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from supsup_jax import metrics
+from supsup_jax import plotting
 from supsup_jax import models
 from supsup_jax import state_io
 from supsup_jax import weights as weights_lib
@@ -133,6 +133,8 @@ class RunSession(fit.Session):
                  {"entries": index, "saves": self.saves, "steps_done": self.steps_done,
                   "global_step": self.steps_done, "where": where})
     self.last_good = f"resumable from the checkpoint at {where}"
+    if self.sc.stop_signal is not None:  # SIGINT/SIGTERM: saved, now stop
+      raise self.sc.interruption(where)
     if self.stop_after and self.steps_this_process >= self.stop_after:
       raise Stopped(where)
 
@@ -151,13 +153,14 @@ class RunSession(fit.Session):
     self.steps_done += int(n)
     self.steps_this_process += int(n)
     self.progress.done = self.steps_done
-    elapsed, eta = self.progress.eta()
-    logging.info("%s step %d/%d loss %.4f | run %d/%d steps, elapsed %s ETA %s", label, done,
-                 total, loss, self.steps_done, self.progress.total,
-                 scaffold._fmt(elapsed), scaffold._fmt(eta))  # pylint: disable=protected-access
+    self.progress.report(f"{label} (run {self.steps_done}/{self.progress.total} steps)",
+                         done, total, {"loss": loss})
     self.sc.scalars(self.steps_done, {"train/loss": float(loss)})
+    # A checkpoint is due: every ckpt_every steps, at stop_after_steps, or at
+    # this chunk boundary when a signal asked the run to stop.
     return bool((self.ckpt_every and done % self.ckpt_every == 0)
-                or (self.stop_after and self.steps_this_process >= self.stop_after))
+                or (self.stop_after and self.steps_this_process >= self.stop_after)
+                or self.sc.stop_signal is not None)
 
 
 # ------------------------------------------------------------ the curves --
@@ -339,7 +342,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   (``{"complete": False, ...}`` when stopped by ``config.stop_after_steps``)."""
   config = ml_collections.ConfigDict(config)
   study = validate(config)
-  with scaffold.open_run(workdir, config, kind=KIND) as sc:
+  with scaffold.open_run(workdir, config, kind=KIND, stops_at_boundaries=True) as sc:
     if sc.finished is not None:
       logging.info("%s: finished before; results in %s", config.get("experiment"), workdir)
       return sc.finished
@@ -403,7 +406,7 @@ def write_csv(path: str, curves) -> None:
 
 def plot(path: str, curves, title: str) -> None:
   """Accuracy (0..100 %, full range) vs kept fraction (log axis, labelled)."""
-  plt = metrics._pyplot()  # pylint: disable=protected-access
+  plt = plotting.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
   for name, pts in curves.items():
     pts = sorted(pts, key=lambda p: p["kept_fraction"])
@@ -417,4 +420,4 @@ def plot(path: str, curves, title: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  metrics._save_atomic(fig, path)  # pylint: disable=protected-access
+  plotting.save_atomic(fig, path)

@@ -388,6 +388,8 @@ def train(config, method: members_lib.Method, stream, run: scaffold.Run,
     run.save(step, {"params": state_io.to_saveable(params),
                     "opt_state": state_io.to_saveable(opt_state)}, meta)
     last_good = f"resumable from the checkpoint at step {step}"
+    if run.stop_signal is not None and step < total:  # SIGINT/SIGTERM: saved, now stop
+      raise run.interruption(f"step {step}/{total}")
     if stop_after and this_process >= stop_after and step < total:
       logging.info("Stopped after %d steps (config.stop_after_steps); the same command "
                    "resumes from step %d", this_process, step)
@@ -406,7 +408,7 @@ def run(config, workdir: str) -> dict:
   """
   config = ml_collections.ConfigDict(_as_dict(config))
   validate(config)
-  with scaffold.open_run(workdir, config, kind=KIND) as sc:
+  with scaffold.open_run(workdir, config, kind=KIND, stops_at_boundaries=True) as sc:
     if sc.finished is not None:
       logging.info("%s: finished before; results in %s", config.experiment, workdir)
       return sc.finished

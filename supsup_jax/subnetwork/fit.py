@@ -26,12 +26,12 @@ import numpy as np
 import optax
 
 from supsup_jax import state_io
+from supsup_jax import losses
 
 Effective = Callable[[Any, Any, jax.Array], Any]
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+cross_entropy = losses.cross_entropy
 
 
 def all_finite(tree) -> jax.Array:

@@ -41,6 +41,7 @@ from supsup_jax.data import NORM, load_dataset
 from supsup_jax.data import transforms
 from supsup_jax.subnetwork import fit
 from supsup_jax.subnetwork import options
+from supsup_jax import losses
 
 # Top-level keys the study reads (the runner refuses others); its own keys
 # live in config.meta_ticket.
@@ -96,8 +97,7 @@ def make_sampler(table, mean, std, ways: int, shots: int, queries: int):
   return sample
 
 
-def _ce(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+_ce = losses.cross_entropy
 
 
 def make_adapt(model, inner_lr: float):

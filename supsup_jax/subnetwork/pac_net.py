@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from supsup_jax import metrics
+from supsup_jax import plotting
 from supsup_jax import models
 from supsup_jax import optim
 from supsup_jax import weights as weights_lib
@@ -203,7 +203,7 @@ def summary(results: dict) -> str:
 
 
 def _plot(path, out, config):
-  plt = metrics._pyplot()  # pylint: disable=protected-access
+  plt = plotting.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   names = ["PAC-Net", "fine-tuning"]
   src = [out["source_after_calibrate"], out["source_after_finetune"]]
@@ -216,4 +216,4 @@ def _plot(path, out, config):
   ax.set_ylabel("test accuracy (%)")
   ax.legend()
   fig.tight_layout()
-  metrics._save_atomic(fig, path)  # pylint: disable=protected-access
+  plotting.save_atomic(fig, path)

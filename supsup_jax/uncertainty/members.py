@@ -44,6 +44,7 @@ from supsup_jax import models as ss_models
 from supsup_jax.uncertainty import masksembles as masksembles_lib
 from supsup_jax.uncertainty.models import UncertaintyMLP
 from supsup_jax.weights import init_weights
+from supsup_jax import losses
 
 METHODS = ("single", "mc_dropout", "masksembles", "deep_ensemble", "supermask_ensemble")
 
@@ -116,8 +117,7 @@ def check_supermask(mask_kind: Any, topk_fraction: Any, weights_seed: Any,
   return k
 
 
-def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+_cross_entropy = losses.cross_entropy
 
 
 def _float_bits(params) -> int:

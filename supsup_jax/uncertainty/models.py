@@ -16,7 +16,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 def apply_group_masks(x: jax.Array, masks: jax.Array) -> jax.Array:
