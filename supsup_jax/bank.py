@@ -103,6 +103,28 @@ class BankState:
       ``[capacity, num_bits]`` bool; rows past ``num_tasks`` are zero.
     counts: ``[num_bits]`` int32, per weight the number of stored masks keeping it.
     num_tasks: int32 scalar, tasks stored (rows ``0 .. num_tasks - 1``).
+    layout: static :class:`Layout` of one task's masks tree: its leaf paths
+      (in sorted order), shapes and offsets in the flat ``[num_bits]``
+      vector a row encodes.
+    packed: static; True: rows hold 8 mask bits per uint8 byte (NumPy's bit
+      order, most significant bit first); False: one bool per weight.
+
+  Build one with :func:`init` and change it with the pure :func:`put` /
+  :func:`add` (each returns a new state); read it with :func:`get`,
+  :func:`stacked`, :func:`mean_masks` and :func:`dot`. ``layout`` and
+  ``packed`` are part of the tree structure, not leaves, so a state passes
+  through ``jax.jit`` and ``jax.lax.scan`` like any pytree.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from supsup_jax import bank
+    >>> masks = {"Dense_0": {"kernel": jnp.ones((4, 3))}}
+    >>> state = bank.init(masks, capacity=10)
+    >>> state = bank.put(state, 0, masks)
+    >>> state.rows.shape, state.rows.dtype, int(state.num_tasks)
+    ((64, 2), dtype('uint8'), 1)
+    >>> bank.get(state, 0)["Dense_0"]["kernel"].shape
+    (4, 3)
   """
   rows: jax.Array
   counts: jax.Array
@@ -112,6 +134,7 @@ class BankState:
 
   @property
   def capacity(self) -> int:
+    """Rows allocated (a multiple of ``ROW_ALIGN``); :func:`grow` adds more."""
     return int(self.rows.shape[0])
 
   @property
@@ -582,6 +605,31 @@ class MaskBank:
 
   Convenient outside ``jit`` (``bank.add(masks)``, ``bank.get(3)``); the
   pure state is ``bank.state``, which every inference function also accepts.
+
+  Args:
+    template: a tree with exactly the leaves (paths and shapes) of one
+      task's masks: a masks or scores tree, or the maskable subtree of the
+      weights (every leaf of ``template`` gets bits in a row).
+    packed: store 1 bit per weight (True: uint8 rows of
+      ``ceil(num_bits / 8)`` bytes) or 1 bool byte per weight (False).
+    capacity: initial number of rows (rounded up to a multiple of
+      ``ROW_ALIGN``); :meth:`add` doubles it when full.
+
+  Attributes:
+    num_tasks: number of tasks stored (a Python int); their ids are
+      ``0 .. num_tasks - 1``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import supsup_jax as ss
+    >>> scores = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (784, 300))}}
+    >>> bank = ss.MaskBank(scores)
+    >>> bank.add(ss.masks_from_scores(scores, "topk", k=0.5))
+    0
+    >>> bank.num_tasks, bank.bytes_per_task
+    (1, 29400)
+    >>> bank.get(0)["Dense_0"]["kernel"].mean()
+    Array(0.5, dtype=float32)
   """
 
   def __init__(self, template: Mapping, *, packed: bool = True, capacity: int = 16):
@@ -595,18 +643,22 @@ class MaskBank:
 
   @property
   def state(self) -> BankState:
+    """The current pure :class:`BankState` (replaced, not mutated, by :meth:`add`)."""
     return self._state
 
   @property
   def layout(self) -> Layout:
+    """The :class:`Layout` of one task's masks tree."""
     return self._state.layout
 
   @property
   def packed(self) -> bool:
+    """Whether rows are bit-packed (uint8) rather than bool."""
     return self._state.packed
 
   @property
   def bytes_per_task(self) -> int:
+    """Bytes one task's masks occupy: ``ceil(num_bits / 8)`` packed, else ``num_bits``."""
     return self._state.bytes_per_task
 
   @property
@@ -626,11 +678,24 @@ class MaskBank:
 
   @property
   def counts(self) -> jax.Array:
+    """``[num_bits]`` int32: per weight, the number of stored masks keeping it."""
     return self._state.counts
 
   def add(self, masks: Mapping) -> int:
     """Stores one task's 0/1 masks tree; returns its id. Refuses masks that
-    are not exactly 0/1 (NaN included) or do not match the layout."""
+    are not exactly 0/1 (NaN included) or do not match the layout.
+
+    Args:
+      masks: one task's masks, with the template's leaves and shapes and
+        values exactly 0 or 1 (e.g. :func:`~supsup_jax.masks.masks_from_scores`).
+
+    Returns:
+      The new task's id, ``num_tasks`` before the call (Python int).
+
+    Raises:
+      ValueError: ``masks`` does not match the layout or holds values other
+        than 0 and 1.
+    """
     check_masks(self.layout, masks)
     if self.num_tasks == self._state.capacity:
       self._state = grow(self._state, 2 * self._state.capacity)
@@ -639,31 +704,81 @@ class MaskBank:
     return self.num_tasks - 1
 
   def unpack_rows(self, rows: jax.Array) -> jax.Array:
+    """Rows ``[k, bytes_per_task]`` of this bank -> float32 0/1 ``[k, num_bits]``."""
     return unpack_rows(self._state, rows)
 
   def get(self, task_id) -> dict:
-    """One task's masks tree (float32 0/1)."""
+    """One task's masks tree (float32 0/1).
+
+    Args:
+      task_id: integer scalar (Python, NumPy or JAX); a concrete id must be
+        in ``0 .. num_tasks - 1``. A traced id is read as :func:`get` does
+        (all-zero masks when out of range).
+
+    Returns:
+      A nested dict with the template's structure and leaf shapes, float32
+      0/1 values.
+
+    Raises:
+      ValueError: a concrete id that is not an integer or was never added.
+    """
     if checks.is_concrete(task_id):
       task_id = check_task_id(task_id, self.num_tasks)
     return get(self._state, task_id)
 
   def stacked(self, task_ids: Sequence[int] | None = None) -> dict:
-    """Masks of several tasks as one tree with a leading task axis [k, ...]."""
+    """Masks of several tasks as one tree with a leading task axis [k, ...].
+
+    Args:
+      task_ids: stored task ids (concrete integers), or None for all
+        ``num_tasks`` tasks in order.
+
+    Returns:
+      A nested dict with the template's structure whose leaves are float32
+      0/1 ``[k, *leaf_shape]``, entry i the masks of ``task_ids[i]``.
+
+    Raises:
+      ValueError: an id that is not an integer or was never added.
+    """
     if task_ids is None:
       task_ids = range(self.num_tasks)
     return stacked(self._state, [check_task_id(t, self.num_tasks) for t in task_ids])
 
   def mean_masks(self) -> dict:
+    """The mean of the stored masks (uniform superposition, alpha =
+    1/num_tasks): a float32 tree with the template's structure, per weight
+    the fraction of tasks keeping it. ValueError when the bank is empty."""
     if not self.num_tasks:
       raise ValueError("the mask bank is empty: no mean mask")
     return mean_masks(self._state)
 
   def state_dict(self) -> dict:
+    """The stored tasks as NumPy arrays, for checkpoints.
+
+    Returns:
+      ``{"rows": [max(1, num_tasks), bytes_per_task] uint8 (bool if not packed),
+      "counts": [num_bits] int32, "num_tasks": int64 scalar}``; the spare
+      capacity is not saved. :meth:`load_state_dict` reads it back.
+    """
     rows = self._state.rows[:max(1, self.num_tasks)]
     return {"rows": np.asarray(rows), "counts": np.asarray(self._state.counts),
             "num_tasks": np.int64(self.num_tasks)}
 
   def load_state_dict(self, state: Mapping) -> "MaskBank":
+    """Replaces the stored tasks with those of a :meth:`state_dict`.
+
+    Args:
+      state: ``{"rows", "counts", "num_tasks"}`` as :meth:`state_dict` gives
+        them, from a bank of the same layout and packing.
+
+    Returns:
+      This bank (loaded in place), with capacity ``num_tasks`` rounded up to
+      a multiple of ``ROW_ALIGN``.
+
+    Raises:
+      ValueError: the rows' width does not match this bank's (another model
+        or packing).
+    """
     rows = np.asarray(state["rows"])
     n = int(state["num_tasks"])
     if rows.shape[1:] != self._state.rows.shape[1:]:

@@ -66,6 +66,32 @@ class Learner:
       the layout of its input memory.
     infer_task_with: ``(objective) -> infer_task`` with another objective
       (e.g. "g" beside the learner's "entropy"), for runs that compare them.
+
+  The first eight fields are required; ``trains_weights`` defaults to False
+  and the optional functions to None (a learner without ``infer_task``
+  serves GG only, see :func:`check_serves`). A method's ``make`` in
+  :mod:`supsup_jax.methods` builds one; ``"package.module:function"`` in
+  ``config.method`` runs your own (:func:`supsup_jax.methods.make_learner`).
+
+  Example:
+    The run loop's life cycle of one task, driven by hand:
+
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import supsup_jax as ss
+    >>> from supsup_jax.methods import supsup
+    >>> model = ss.models.LeNet300100(num_outputs=10)
+    >>> weights = ss.init_weights(model, 0, jnp.zeros((1, 28, 28, 1)))
+    >>> masked = ss.MaskedModel(model, ss.MaskSpec("topk", 0.5), num_classes=10)
+    >>> learner = supsup.make(masked, weights, optax.rmsprop(1e-3), capacity=4)
+    >>> memory = learner.init_memory()
+    >>> ts = learner.init_task(memory, 0, jax.random.key(1))
+    >>> images, labels = jnp.zeros((8, 28, 28, 1)), jnp.arange(8) % 10
+    >>> ts, metrics = jax.jit(learner.train_step)(memory, ts, images, labels)
+    >>> sorted(metrics)
+    ['accuracy', 'loss']
+    >>> memory = learner.end_task(memory, ts, 0)
+    >>> learner.logits(memory, 0, images).shape
+    (8, 10)
   """
   name: str
   num_classes: int
@@ -104,6 +130,7 @@ def check_serves(learner: Learner, scenario: str) -> None:
 
 
 def serves(learner: Learner, scenario: str) -> bool:
+  """Whether ``learner`` has every function ``scenario`` needs (no error)."""
   return all(getattr(learner, f) is not None for f in _NEEDS[scenario])
 
 

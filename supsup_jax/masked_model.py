@@ -66,8 +66,27 @@ class MaskedModel:
       given, every call checks ``images.shape[1:]`` against it up front (a
       static check: free under ``jit``). Without it, images whose shape does
       not fit the weights are still refused in one line (instead of Flax's
-      ``ScopeParamShapeError``), naming the shape :func:`~supsup_jax.weights.
-      init_weights` built the weights from when it is known.
+      ``ScopeParamShapeError``), naming the shape
+      :func:`~supsup_jax.weights.init_weights` built the weights from when it
+      is known.
+
+  The constructor takes the attributes in this order (``input_shape``
+  optional) and raises ValueError for an ``input_shape`` with a size < 1.
+  The weights, scores or masks and batch-norm statistics are arguments of
+  every call, never state, so one instance serves every task.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import supsup_jax as ss
+    >>> model = ss.models.LeNet300100(num_outputs=10)
+    >>> weights = ss.init_weights(model, 0, jnp.zeros((1, 28, 28, 1)))
+    >>> masked = ss.MaskedModel(model, ss.MaskSpec("topk", 0.5), 10,
+    ...                         input_shape=(28, 28, 1))
+    >>> scores = ss.init_scores(weights, jax.random.key(1))
+    >>> logits, stats = masked.logits(weights, scores, {}, jnp.zeros((4, 28, 28, 1)),
+    ...                               train=False)
+    >>> logits.shape
+    (4, 10)
   """
 
   def __init__(self, model: nn.Module, mask_spec: MaskSpec, num_classes: int,
@@ -108,7 +127,29 @@ class MaskedModel:
 
   def logits_with_masks(self, weights, masks, batch_stats, images, train: bool,
                         key: jax.Array | None = None):
-    """Logits [B, num_outputs] and updated batch_stats, given masks."""
+    """Logits [B, num_outputs] and updated batch_stats, given masks.
+
+    Args:
+      weights: the fixed params tree.
+      masks: a masks tree over (a subset of) the leaves of ``weights``
+        (:func:`~supsup_jax.masks.apply_masks`); 0/1, or real values such as
+        a superposition of masks.
+      batch_stats: the model's ``batch_stats`` collection, or ``{}`` (or
+        None) for a model without batch norm.
+      images: ``[B, *input_shape]``.
+      train: the model's ``train`` argument (with batch norm, True
+        normalises by the batch and updates the statistics).
+      key: PRNG key for dropout (None: no ``rngs`` passed).
+
+    Returns:
+      ``(logits, batch_stats)``: logits ``[B, num_outputs]`` (of which the
+      first ``num_classes`` are the real classes); with ``train=True`` and
+      non-empty ``batch_stats`` the updated statistics, else ``batch_stats``
+      as given.
+
+    Raises:
+      InputShapeError: ``images`` do not fit the model (a ValueError).
+    """
     params = masks_lib.apply_masks(weights, masks)
     variables = {"params": params}
     if batch_stats:
@@ -122,6 +163,17 @@ class MaskedModel:
 
   def logits(self, weights, scores, batch_stats, images, train: bool,
              key: jax.Array | None = None):
+    """:meth:`logits_with_masks` with the masks ``mask_spec(scores)``.
+
+    Args:
+      weights: the fixed params tree.
+      scores: a scores tree (:func:`~supsup_jax.masks.init_scores`); the
+        masks taken from it pass gradients straight through to it.
+      batch_stats, images, train, key: as in :meth:`logits_with_masks`.
+
+    Returns:
+      ``(logits [B, num_outputs], batch_stats)`` as :meth:`logits_with_masks`.
+    """
     return self.logits_with_masks(weights, self.mask_spec(scores), batch_stats,
                                   images, train, key)
 

@@ -116,10 +116,24 @@ def topk_mask(scores: jax.Array, k: float) -> jax.Array:
   scores, and a weight that should be kept always gains rank.
 
   Args:
-    scores: float array of any shape.
+    scores: float array of any shape (one leaf of a scores tree).
     k: keep fraction in (0, 1] (static Python float).
+
   Returns:
-    float32 0/1 mask with ``scores.shape``.
+    float32 0/1 mask with ``scores.shape`` (precisely: ``scores.dtype``, so
+    float32 for float32 scores), holding exactly
+    ``num_kept(k, scores.size) = max(1, round(k * scores.size))`` ones
+    (halves rounded up).
+
+  Raises:
+    ValueError: ``scores`` is not a float array or is empty, or ``k`` is not
+      a number in (0, 1].
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from supsup_jax.masks import topk_mask
+    >>> topk_mask(jnp.array([0.1, -3.0, 2.0, 0.5]), 0.5)
+    Array([0., 1., 1., 0.], dtype=float32)
   """
   _check_array(scores, "scores")
   n_keep = num_kept(k, int(scores.size))
@@ -133,7 +147,28 @@ def topk_mask(scores: jax.Array, k: float) -> jax.Array:
 
 
 def threshold_mask(scores: jax.Array) -> jax.Array:
-  """mask = 1[scores >= 0], straight-through (Piggyback style, no sort)."""
+  """mask = 1[scores >= 0], straight-through (Piggyback style, no sort).
+
+  The gradient passes straight through to ``scores`` unchanged
+  (dL/dscores = dL/dmask); the kept fraction is whatever training makes it
+  (no fixed budget, unlike :func:`topk_mask`).
+
+  Args:
+    scores: non-empty float array of any shape (one leaf of a scores tree).
+
+  Returns:
+    0/1 mask with ``scores.shape`` and ``scores.dtype``: 1 where
+    ``scores >= 0`` (a score of exactly 0 is kept), 0 elsewhere.
+
+  Raises:
+    ValueError: ``scores`` is not a float array, or is empty.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from supsup_jax.masks import threshold_mask
+    >>> threshold_mask(jnp.array([-0.5, 0.0, 2.0]))
+    Array([0., 1., 1.], dtype=float32)
+  """
   _check_array(scores, "scores")
   mask = (jax.lax.stop_gradient(scores) >= 0).astype(scores.dtype)
   return _straight_through(scores, mask)
@@ -156,7 +191,36 @@ def er_fraction(shape: tuple[int, ...], sparsity: float) -> float:
 
 
 def er_fractions(scores: Mapping, sparsity: float) -> dict:
-  """Per-layer keep fractions (a tree of Python floats like ``scores``)."""
+  """Per-layer keep fractions (a tree of Python floats like ``scores``).
+
+  :func:`er_fraction` of every leaf: a kernel of shape ``(..., c_in, c_out)``
+  keeps ``min(0.5, sparsity * (c_in + c_out) / (c_in * c_out * prod(...)))``
+  of its weights, so small layers keep more than large ones.
+
+  Args:
+    scores: tree of kernel-shaped arrays, one per maskable weight leaf (the
+      scores or masks, or :func:`supsup_jax.tree.maskable_subtree` of the
+      weights; only the shapes are read). Every leaf needs >= 2 axes of
+      positive size.
+    sparsity: the ER scale ``s``, a finite number > 0; larger is denser.
+
+  Returns:
+    A nested dict with the structure of ``scores`` holding one Python float
+    in (0, 0.5] per leaf: the ``k`` of :func:`masks_from_scores` and
+    :class:`MaskSpec`.
+
+  Raises:
+    ValueError: ``scores`` is not a nested mapping, a leaf is not
+      kernel-shaped, or ``sparsity`` is not a finite number > 0.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import supsup_jax as ss
+    >>> scores = {"Dense_0": {"kernel": jnp.zeros((784, 300))},
+    ...           "Dense_1": {"kernel": jnp.zeros((300, 10))}}
+    >>> jax.tree.map(lambda f: round(f, 4), ss.er_fractions(scores, 10.0))
+    {'Dense_0': {'kernel': 0.0461}, 'Dense_1': {'kernel': 0.5}}
+  """
   tree_lib.check_tree(scores, "scores")
   return jax.tree.map(lambda s: er_fraction(tuple(np.shape(s)), sparsity),
                       dict(scores))
@@ -170,6 +234,36 @@ def init_scores(weights: Mapping, key: jax.Array, *,
   With a = sqrt(5) the bound is 1/sqrt(fan_in). Each leaf gets its own key
   folded from ``key`` and its position, so scores for different tasks come
   from ``fold_in(key, task_id)``.
+
+  Args:
+    weights: a Flax params tree (e.g. :func:`~supsup_jax.weights.init_weights`'
+      output, or ``variables["params"]``); only the shapes of its maskable
+      leaves are read.
+    key: one PRNG key, ``jax.random.key(seed)`` (or a legacy uint32 ``[2]``
+      key); leaf i of the maskable leaves (in flattened order) draws from
+      ``jax.random.split(key, n)[i]``.
+    is_maskable: predicate ``(path, leaf) -> bool`` choosing the leaves to
+      score; the default takes leaves named ``kernel`` with >= 2 axes
+      (Dense/Conv kernels, never biases or norm parameters).
+
+  Returns:
+    The scores: a nested dict holding only the maskable leaves of
+    ``weights``, by the same paths and with the same shapes, as float32
+    arrays uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in =
+    prod(shape[:-1])``. Masks, the mask bank and optax all take this tree.
+
+  Raises:
+    ValueError: ``weights`` is not a nested mapping, ``key`` is not one PRNG
+      key, or ``weights`` has no maskable leaf.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import supsup_jax as ss
+    >>> model = ss.models.LeNet300100(num_outputs=10)
+    >>> weights = ss.init_weights(model, 0, jnp.zeros((1, 28, 28, 1)))
+    >>> scores = ss.init_scores(weights, jax.random.key(1))
+    >>> jax.tree.map(jnp.shape, scores)
+    {'Dense_0': {'kernel': (784, 300)}, 'Dense_1': {'kernel': (300, 100)}, 'Dense_2': {'kernel': (100, 10)}}
   """
   tree_lib.check_tree(weights, "weights")
   if not (isinstance(key, jax.Array) and (
@@ -213,6 +307,31 @@ def masks_from_scores(scores: Mapping, kind: str = "topk",
   ``jit`` (traced scores) the values cannot be read: the masks then hold NaN
   where a score is NaN or inf (and a top-k ranking of such a leaf is
   meaningless); the run loop's non-finite guard reports the loss it gives.
+
+  Returns:
+    The masks: a nested dict with the structure, leaf shapes and dtypes of
+    ``scores`` holding 0/1 values (top-k: exactly ``num_kept(k_leaf,
+    leaf.size)`` ones per leaf, see :func:`topk_mask`; threshold: 1 where
+    the score is >= 0, see :func:`threshold_mask`). The gradient passes
+    straight through to the scores, so ``jax.grad`` of a loss of the masks
+    trains the scores.
+
+  Raises:
+    ValueError: an unknown ``kind``; a scores leaf that is not a non-empty
+      float array; concrete scores holding NaN or inf; a ``k`` outside
+      (0, 1]; or a ``k`` tree whose leaves are not exactly those of
+      ``scores``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import supsup_jax as ss
+    >>> scores = {"Dense_0": {"kernel": jnp.array([[0.3, -0.1], [-2.0, 0.05]])}}
+    >>> ss.masks_from_scores(scores, "topk", k=0.5)["Dense_0"]["kernel"]
+    Array([[1., 0.],
+           [1., 0.]], dtype=float32)
+    >>> ss.masks_from_scores(scores, "threshold")["Dense_0"]["kernel"]
+    Array([[1., 0.],
+           [0., 1.]], dtype=float32)
   """
   _check_kind(kind)
   flat = tree_lib.flatten(scores, "scores")
@@ -237,6 +356,35 @@ def apply_masks(weights: Mapping, masks: Mapping) -> dict:
 
   ``masks`` covers a subset of the leaves of ``weights`` (by path); other
   leaves pass through unchanged. Works on any Flax params tree.
+
+  Args:
+    weights: a Flax params tree (``variables["params"]``, not the whole
+      variables dict), e.g. :func:`~supsup_jax.weights.init_weights`' output.
+    masks: a tree over a subset of the leaves of ``weights`` (by path), each
+      leaf the shape of its weight: 0/1 masks from :func:`masks_from_scores`,
+      or any real values (e.g. a superposition of masks).
+
+  Returns:
+    A new nested dict with the structure of ``weights``: ``w * m`` at every
+    path of ``masks``, every other leaf as it was. Ready for
+    ``model.apply({"params": ...}, x)``; differentiable in ``masks`` (and
+    through them in the scores).
+
+  Raises:
+    ValueError: ``masks`` has a leaf at a path with no weight, or a mask's
+      shape differs from its weight's.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import supsup_jax as ss
+    >>> weights = {"Dense_0": {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.ones(2)}}
+    >>> masks = {"Dense_0": {"kernel": jnp.array([[1.0, 0.0], [0.0, 1.0]])}}
+    >>> params = ss.apply_masks(weights, masks)
+    >>> params["Dense_0"]["kernel"]
+    Array([[3., 0.],
+           [0., 3.]], dtype=float32)
+    >>> params["Dense_0"]["bias"]
+    Array([1., 1.], dtype=float32)
   """
   flat_w = tree_lib.flatten(weights, "weights")
   flat_m = tree_lib.flatten(masks, "masks")
@@ -266,7 +414,33 @@ def apply_masks(weights: Mapping, masks: Mapping) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class MaskSpec:
-  """How scores become masks: kind "topk" with fraction(s) k, or "threshold"."""
+  """How scores become masks: kind "topk" with fraction(s) k, or "threshold".
+
+  Calling the spec on a scores tree is :func:`masks_from_scores` with its
+  ``kind`` and ``k``: ``spec(scores) -> masks`` (same structure, shapes and
+  dtypes as ``scores``; 0/1 values, straight-through gradients). A spec is
+  frozen and hashable, so it can be a static argument of ``jax.jit``.
+
+  Attributes:
+    kind: ``"topk"`` (keep the fraction ``k`` of each layer's weights with
+      the largest ``|score|``) or ``"threshold"`` (keep the weights whose
+      score is >= 0).
+    k: for ``"topk"``, one keep fraction in (0, 1] for every layer, or a
+      tree of per-layer fractions with the leaves of the scores (e.g.
+      :func:`er_fractions`); ignored for ``"threshold"``.
+
+  Raises:
+    ValueError: at construction, an unknown ``kind`` or (top-k) a fraction
+      outside (0, 1].
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import supsup_jax as ss
+    >>> spec = ss.MaskSpec("topk", k=0.25)
+    >>> scores = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(4, 2)}}
+    >>> spec(scores)["Dense_0"]["kernel"].sum()
+    Array(2., dtype=float32)
+  """
   kind: str = "topk"
   k: float | Mapping = 0.5
 
@@ -282,4 +456,5 @@ class MaskSpec:
     return hash((self.kind, str(self.k)))
 
   def __call__(self, scores: Mapping) -> dict:
+    """The masks tree of ``scores``: :func:`masks_from_scores` with this spec."""
     return masks_from_scores(scores, self.kind, self.k)

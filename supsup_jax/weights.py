@@ -195,6 +195,23 @@ def init_weights(model: nn.Module, seed: int, example_input: Any, *,
 
   Returns:
     The ``params`` collection as a nested dict of float32 arrays.
+
+  Raises:
+    ValueError: ``model`` is not a Flax Linen module or has no parameters,
+      ``seed`` is not an integer in ``0..MAX_SEED``, ``gain`` is not a finite
+      number > 0, ``init`` is unknown, or the model cannot take
+      ``example_input``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import supsup_jax as ss
+    >>> model = ss.models.LeNet300100(num_outputs=10)
+    >>> weights = ss.init_weights(model, 0, jnp.zeros((1, 28, 28, 1)))
+    >>> jax.tree.map(jnp.shape, weights)
+    {'Dense_0': {'kernel': (784, 300)}, 'Dense_1': {'kernel': (300, 100)}, 'Dense_2': {'kernel': (100, 10)}}
+    >>> again = ss.init_weights(model, 0, jnp.zeros((1, 28, 28, 1)))
+    >>> bool((weights["Dense_0"]["kernel"] == again["Dense_0"]["kernel"]).all())
+    True
   """
   _check_init(init)
   _check_model(model)

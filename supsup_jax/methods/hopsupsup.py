@@ -292,7 +292,34 @@ def make(*, hidden: Sequence[int] = (2048, 2048), num_outputs: int = 10,
          weight_decay: float = 1e-4, rule: str = "storkey",
          recovery: RecoveryConfig = RecoveryConfig(),
          recovery_batch_size: int = 64) -> Learner:
-  """The HopSupSup learner alone (:func:`build`'s first value; same arguments)."""
+  """The HopSupSup learner alone (:func:`build`'s first value; same arguments).
+
+  Args:
+    hidden: widths of the hidden (gain-masked, batch-normed) layers.
+    num_outputs: output width (>= num_classes).
+    num_classes: real classes per task (accuracy over the first outputs).
+    seed: seeds the fixed weights (drawn with ``init``).
+    init: weight initialisation (:data:`supsup_jax.weights.INITS`).
+    input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+    optimizer: the gain scores' optimizer name
+      (:func:`supsup_jax.training.make_optimizer`), e.g. ``"sgd"``.
+    learning_rate: its learning rate.
+    momentum: its momentum.
+    weight_decay: its L2 weight decay.
+    rule: Hopfield learning rule, "storkey" or "hebbian".
+    recovery: the test-time recovery's settings (:class:`RecoveryConfig`).
+    recovery_batch_size: images per recovery step in ``logits`` (>= 2).
+
+  Returns:
+    The learner (name ``"hopsupsup"``, ``trains_weights=False``); memory
+    ``{"weights", "stores": one Hopfield store [d_l, d_l] per hidden layer}``;
+    ``logits`` recovers the task's masks from the images themselves (the
+    ``task_id`` is not read). Use :func:`build` for its :class:`Parts` too.
+
+  Raises:
+    ValueError: a hidden width < 1, an unknown rule, a bad recovery setting
+      or ``recovery_batch_size`` < 2.
+  """
   return build(hidden=hidden, num_outputs=num_outputs, num_classes=num_classes, seed=seed,
                init=init, input_shape=input_shape, optimizer=optimizer,
                learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,

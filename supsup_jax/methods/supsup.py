@@ -72,13 +72,32 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     initial_batch_stats: every task's starting BN statistics ({} if no BN).
     transfer: start a task's scores from the mean of the finished tasks'.
     keep_scores: also keep every task's real-valued scores in memory.
-    inference_algorithm / inference_objective: task inference (GN/NN).
+    inference_algorithm: task inference (GN/NN): ``"oneshot"`` (one
+      alpha-gradient) or ``"binary"`` (halve the candidates).
+    inference_objective: the objective of task inference: ``"entropy"``
+      (H) or ``"g"`` (G); see :mod:`supsup_jax.inference`.
     detect_seed: seeds the untrained candidate masks of new-task detection.
 
   Returns:
     The learner; memory as in the module docstring (bank rows and per-task
     statistics ``[capacity, ...]``); ``infer_task``, ``detect_task`` and
-    ``reopen_task`` set.
+    ``reopen_task`` set. Its ``train_step`` takes images
+    ``[B, *input_shape]`` and int32 labels ``[B]``; its task state is a
+    :class:`supsup_jax.training.TaskState`.
+
+  Raises:
+    ValueError: an unknown ``inference_algorithm`` or ``inference_objective``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import supsup_jax as ss
+    >>> from supsup_jax.methods import supsup
+    >>> model = ss.models.LeNet300100(num_outputs=10)
+    >>> weights = ss.init_weights(model, 0, jnp.zeros((1, 28, 28, 1)))
+    >>> masked = ss.MaskedModel(model, ss.MaskSpec("topk", 0.5), num_classes=10)
+    >>> learner = supsup.make(masked, weights, optax.rmsprop(1e-3), capacity=4)
+    >>> learner.name, learner.trains_weights
+    ('supsup', False)
   """
   if inference_algorithm not in inference.ALGORITHMS:
     raise ValueError(f"inference_algorithm {inference_algorithm!r} unknown; allowed: "

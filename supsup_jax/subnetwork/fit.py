@@ -52,7 +52,7 @@ def make_trainer(model, effective: Effective, optimizer: optax.GradientTransform
   finite (the runners' non-finite guard reads it), and NaN for ``num_steps <=
   0`` (nothing trained). ``train.init_opt(trainable)`` is the optimizer's
   initial state (a template to restore a saved one on). images: float32
-  [B, *input_shape], labels int32 [B].
+  ``[B, *input_shape]``, labels int32 ``[B]``.
   """
   batch_fn, arrays = stream.train_batch_fn_args(batch_size)
 
