@@ -127,19 +127,24 @@ def _tiny_config(**kw):
 def test_random_weights_are_never_trained():
   config = _tiny_config()
   stream = _tiny_stream()
-  kernels = st.target_kernels(st.train_target(config, stream, jax.random.key(0)))
+  kernels = _tiny_target(shapes=((9, 4), (4, 10)))  # train_target: the next test
   shapes = [tuple(w.shape) for w in kernels]
-  net = st.random_network(shapes, 4, jax.random.key(1))
+  key = jax.random.key(1)
+  net = st.random_network(shapes, 4, key)
   before = [{k: np.array(v, copy=True) for k, v in layer.items()} for layer in net]
+  dense_before = [np.asarray(st.dense_first_layer(layer["u"], key, i))
+                  for i, layer in enumerate(net)]
   masks, _ = st.construct(kernels, net, "exact", 16)
-  for loss in ("logits", "ce"):
-    weights, ep_masks, _ = st.edge_popup(config, stream, kernels, net, st.kept_fractions(masks),
-                                         loss, jax.random.key(2))
-    for w_layer, m_layer, b_layer in zip(st.pruned_network(weights, ep_masks), ep_masks, before):
-      for k in b_layer:
+  for loss, first in (("logits", "block"), ("ce", "block"), ("logits", "dense")):
+    config.strong_ticket.edge_popup_first_layer = first
+    weights, ep_masks, _ = st.edge_popup(config, stream, kernels, net,
+                                         st.kept_fractions(masks, first), loss,
+                                         jax.random.key(2), key)
+    for i, (w_layer, m_layer) in enumerate(zip(st.pruned_network(weights, ep_masks), ep_masks)):
+      for k in w_layer:
+        random = dense_before[i] if k == "U" else before[i][k]
         # Every kept weight is the random weight bit for bit; the others are 0.
-        np.testing.assert_array_equal(np.asarray(w_layer[k]),
-                                      np.where(m_layer[k], b_layer[k], 0.0))
+        np.testing.assert_array_equal(np.asarray(w_layer[k]), np.where(m_layer[k], random, 0.0))
   for layer, b_layer in zip(net, before):
     for k in b_layer:
       np.testing.assert_array_equal(np.asarray(layer[k]), b_layer[k])
@@ -154,14 +159,14 @@ def test_random_weights_are_never_trained():
 
 
 def test_width_rows_table_and_plot(tmp_path):
-  config = _tiny_config()
+  config = _tiny_config(edge_popup_losses=("logits",))  # "ce" runs in the test above
   stream = _tiny_stream()
   target = st.train_target(config, stream, jax.random.key(0))
   rows = [st.width_row(config, stream, target, m, jax.random.key(1)) for m in (1, 4)]
   for r in rows:
     for k in ("width_factor", "agreement", "max_error", "mean_error", "accuracy",
               "kept_fraction", "time_s", "random_bytes", "edge_popup_logits_agreement",
-              "edge_popup_ce_accuracy"):
+              "edge_popup_logits_accuracy"):
       assert k in r, k
     assert 0 <= r["agreement"] <= 1 and 0 < r["kept_fraction"] < 1
     assert r["max_error"] <= r["bound_max"] * (1 + 1e-5) + 1e-5

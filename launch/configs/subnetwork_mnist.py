@@ -65,10 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
       max_subset=16,                 # exact over <= this many products per weight (2^(n/2) work)
       edge_popup_losses=("logits", "ce"),  # distance to target logits; labels
       edge_popup_steps=300,
-      # Scores over unscaled uniform[-1, 1] weights: at 1e-2 (the Kaiming-
-      # scaled edge-popup rate above) the mask reshuffles every step and the
-      # network dies (all-zero logits); 1e-4 learns.
-      edge_popup_learning_rate=1e-4,
+      # Adam on scores drawn uniform[-1, 1] (not fan-scaled: see
+      # strong_ticket.edge_popup). Over unscaled uniform[-1, 1] weights a
+      # faster rate reorders the masks so fast that the network dies
+      # (all-zero logits); a slower one leaves its logits 10-100x too large.
+      edge_popup_learning_rate=3e-3,
       edge_popup_max_width_factor=32,  # edge-popup skipped above this (0: never)
       edge_popup_first_layer="block",  # block (diagonal blocks) | dense (papers' layer)
       eval_chunk=500,

@@ -32,7 +32,14 @@ def main():
   ap.add_argument("--losses", default=None)
   ap.add_argument("--subset", default=None)
   ap.add_argument("--first_layer", default=None)
+  ap.add_argument("--replot", action="store_true", help="only redraw from --out/rows.json")
   a = ap.parse_args()
+  if a.replot:
+    with open(os.path.join(a.out, "rows.json")) as f:
+      rows = json.load(f)
+    st.plot(os.path.join(a.out, "error_vs_width.png"), rows, "strong ticket, MNIST 784-100-10")
+    print(st.format_table(rows))
+    return
   config = subnetwork_mnist.get_config()
   s = config.strong_ticket
   if a.widths:
@@ -64,8 +71,10 @@ def main():
   st.plot(os.path.join(a.out, "error_vs_width.png"), rows, "strong ticket, MNIST 784-100-10")
   print(st.format_table(rows))
   shapes = st.target_shapes(config)
-  for m in (s.width_factors[-1],):
+  for m in s.width_factors:
     print(json.dumps(st.memory_estimate(shapes, int(m), first_layer=s.edge_popup_first_layer)))
+  import resource  # pylint: disable=import-outside-toplevel
+  print(f"max RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
