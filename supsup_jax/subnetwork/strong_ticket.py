@@ -73,6 +73,7 @@ the same random draw, so the random networks are nested), :func:`plot`,
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Sequence
@@ -499,9 +500,11 @@ def effective_weights(net: Sequence[dict], masks: Sequence[dict]) -> list[tuple]
   out = []
   for layer, mask in zip(net, masks):
     u = np.where(mask["u"], np.asarray(layer["u"], np.float64), 0.0)
-    uv = u[:, :, None] * np.where(mask["v"], np.asarray(layer["v"], np.float64), 0.0)
-    pos = (np.asarray(layer["u"]) > 0)[:, :, None]
-    out.append((np.where(pos, uv, 0.0).sum(1), np.where(pos, 0.0, -uv).sum(1)))
+    # One float64 copy of the kept v (the largest temporary: 8 bytes per v).
+    v = np.where(mask["v"], np.asarray(layer["v"]), np.float32(0)).astype(np.float64)
+    a = np.einsum("ji,jik->jk", np.maximum(u, 0.0), v)
+    b = np.einsum("ji,jik->jk", np.maximum(-u, 0.0), v)
+    out.append((a, b))
   return out
 
 
@@ -763,19 +766,25 @@ def memory_estimate(shapes: Sequence[tuple[int, int]], width_factor: int, *,
   ``dense_*``: the papers' network (dense first layer of each pair,
   Σ d_in·(d_in·m) + (d_in·m)·d_out float32 weights). ``block_*``: what this
   module stores (u and v; the dense first layer's off-diagonal weights, all
-  pruned by the construction, are never built). ``peak_bytes``: the stored
-  weights, their bool masks, the construction's subset-sum numbers for the
-  largest layer, the evaluation activations, and with ``edge_popup`` the
-  weights edge-popup masks (dense ones for ``first_layer="dense"``) with
-  float32 scores, gradients and Adam's two moments (4 more copies).
-  ``max_width_factor``: the widest factor whose ``peak_bytes`` fits.
+  pruned by the construction, are never built). ``peak_bytes``, counted from
+  the code's arrays (not measured; the JAX runtime and the dataset come on
+  top): the stored weights and their bool masks (5 bytes per weight); for
+  the largest layer, the subset-sum candidates (~40 bytes per candidate
+  number: float32 products, their float64 copies and temporaries; ~m/2 +
+  2√m candidates per weight) and the float64 kept v of
+  :func:`effective_weights` (12 bytes per v); evaluation activations; and
+  with ``edge_popup`` the weights it masks (the dense first layers for
+  ``first_layer="dense"``) with float32 scores, gradients and Adam's two
+  moments and a mask (17 bytes per weight). ``max_width_factor``: the widest
+  factor whose ``peak_bytes`` fits the budget.
   """
   def est(m):
     dense = sum(d_in * d_in * m + d_in * m * d_out for d_in, d_out in shapes)
     block = sum(d_in * m + d_in * m * d_out for d_in, d_out in shapes)
-    numbers = max(2 * d_in * d_out * min(m, MAX_EXACT) for d_in, d_out in shapes)
+    cands = min(m, m // 2 + 2 * math.ceil(math.sqrt(m)) + 1)
+    work = max(d_in * d_out * (40 * cands + 12 * m) for d_in, d_out in shapes)
     acts = max(eval_chunk * d_in * m for d_in, _ in shapes)
-    peak = block * (_F32 + 1) + numbers * _F32 + acts * _F32 * 2
+    peak = block * (_F32 + 1) + work + acts * _F32 * 2
     if edge_popup:
       ep = dense if first_layer == "dense" else block
       peak += ep * (4 * _F32 + 1) + (ep - block) * _F32 + acts * _F32 * 3
@@ -784,12 +793,13 @@ def memory_estimate(shapes: Sequence[tuple[int, int]], width_factor: int, *,
   m = int(width_factor)
   dense, block, peak = est(m)
   budget = float(budget_gib) * GIB
-  per_m = est(2)[2] - est(1)[2]            # peak is affine in m (once m > MAX_EXACT)
-  widest = int(max(0, (budget - (est(1)[2] - per_m)) // per_m))
-  while widest > 0 and est(widest)[2] > budget:
-    widest -= 1
-  while est(widest + 1)[2] <= budget:
-    widest += 1
+  lo, hi = 0, 1                            # peak grows with m: bisect
+  while est(hi)[2] <= budget:
+    lo, hi = hi, 2 * hi
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if est(mid)[2] <= budget else (lo, mid)
+  widest = lo
   return {"width_factor": m, "dense_params": dense, "dense_bytes": dense * _F32,
           "block_params": block, "block_bytes": block * _F32, "peak_bytes": peak,
           "budget_gib": float(budget_gib), "max_width_factor": widest,
