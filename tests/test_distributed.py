@@ -45,10 +45,13 @@ def _bank_rows(workdir, config):
   """Final memory leaves of a run, from its last checkpoint."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from supsup_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   ck = checkpoint.RunCheckpointer(workdir, config.to_dict())
   tree, _ = ck.restore()
   ck.close()
-  return {k: np.asarray(v) for k, v in tree["memory"].items()}
+  # Leaves are saved under their tree paths: one entry per path.
+  return {jax.tree_util.keystr(path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(tree["memory"])[0]}
 
 
 def case_task_parallel(args):
@@ -270,7 +273,8 @@ def case_gn_sharded(args):
   devices, vs one device: accuracy and task-inference matrices, and which
   inference path ran; then the learner-level checks."""
   from launch.configs import gnu_permuted_mnist_lenet  # pylint: disable=import-outside-toplevel
-  from supsup_jax import experiment, inference  # pylint: disable=import-outside-toplevel
+  from supsup_jax import inference  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
   from supsup_jax import sharded_inference as si  # pylint: disable=import-outside-toplevel
   out = {}
   for name, mesh in (("one", (("data", 1),)), ("mesh", (("tasks", 4), ("data", 2)))):
@@ -296,7 +300,7 @@ def case_nns_sharded(args):
   """NNs on a ('data', 8) mesh (batch split, bank rows over the 8 devices) vs
   one device; and the one-line refusal of a 'tasks' axis."""
   from launch.configs import nns_permuted_mnist  # pylint: disable=import-outside-toplevel
-  from supsup_jax import experiment  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
   from supsup_jax import sharded_inference as si  # pylint: disable=import-outside-toplevel
   out = {}
   for name, mesh in (("one", (("data", 1),)), ("mesh", (("data", 8),))):

@@ -62,4 +62,32 @@ def get_config() -> ml_collections.ConfigDict:
       learning_rate=0.1,         # Zhou's scores (Bernoulli-noisy gradients)
       samples=5,                 # sampled masks per test
   ))
+  # Strong lottery tickets (method "strong_ticket"; Malach et al. 2020, arXiv
+  # 2002.00585; Pensia et al. 2020, arXiv 2006.07990): a trained target MLP,
+  # and per width factor m a random network (two uniform[-1, 1] layers per
+  # target layer, m random units per target input) pruned to reproduce it,
+  # by the subset-sum construction and by edge-popup.
+  # See supsup_jax/subnetwork/strong_ticket.py.
+  c.strong_ticket = ml_collections.ConfigDict(dict(
+      target="mlp",                  # mlp (target_hidden) | lenet300100 | fc10241024
+      target_hidden=(100,),          # one hidden layer: 784-100-10, bias-free ReLU
+      target_steps=2000,             # Adam, batch batch_size
+      target_learning_rate=1e-3,
+      batch_size=128,
+      width_factors=(1, 2, 4, 8, 16, 32, 64),
+      distribution="uniform",        # Pensia et al.: uniform[-1, 1]
+      subset_sum="exact",            # exact (meet in the middle) | greedy
+      max_subset=16,                 # exact over <= this many products per weight (2^(n/2) work)
+      edge_popup_losses=("logits", "ce"),  # distance to target logits; labels
+      edge_popup_steps=300,
+      # Adam on scores drawn uniform[-1, 1] (not fan-scaled: see
+      # strong_ticket.edge_popup). Over unscaled uniform[-1, 1] weights a
+      # faster rate reorders the masks so fast that the network dies
+      # (all-zero logits); a slower one leaves its logits 10-100x too large.
+      edge_popup_learning_rate=3e-3,
+      edge_popup_max_width_factor=32,  # edge-popup skipped above this (0: never)
+      edge_popup_first_layer="block",  # block (diagonal blocks) | dense (papers' layer)
+      eval_chunk=500,
+      memory_budget_gib=24.0,
+  ))
   return c

@@ -7,7 +7,8 @@
   run in that order on one dataset: accuracy vs kept fraction, one curve per
   method and variant. Writes ``curves.csv``, ``accuracy_vs_kept.png`` and
   ``results.json`` (``curves``, ``table``);
-* or the name of one study of :data:`STUDIES` (``pac_net``, ``meta_ticket``),
+* or the name of one study of :data:`STUDIES` (``pac_net``, ``meta_ticket``,
+  ``strong_ticket``),
   which runs on its own sub-config (``config.pac_net``, ``config.meta_ticket``).
 
 Each method or study reads its own sub-config and validates it (one-line
@@ -71,6 +72,7 @@ KIND = "subnetwork"
 STUDIES: dict[str, str] = {
     "pac_net": "supsup_jax.subnetwork.pac_net",
     "meta_ticket": "supsup_jax.subnetwork.meta_ticket",
+    "strong_ticket": "supsup_jax.subnetwork.strong_ticket",
 }
 
 # Keys of the run itself, read whatever the study (none changes results).
