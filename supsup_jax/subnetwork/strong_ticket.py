@@ -11,7 +11,7 @@ down to O(log(d·l/ε)) with a subset-sum construction, which this module
 builds explicitly.
 
 The construction (Pensia et al.; Malach et al. pass signs the same way). A bias-free target layer
-z = Wᵀ x (W: [d_in, d_out]) is replaced by two random layers
+z = Wᵀ x (W: [d_in, d_out]) is replaced by two random layers::
 
     h_{j,i} = relu(u_{j,i} x_j)             (u: [d_in, m]; unit (j, i) of
                                              the first random layer after its
@@ -20,9 +20,9 @@ z = Wᵀ x (W: [d_in, d_out]) is replaced by two random layers
 
 with every u, v drawn i.i.d. uniform in [-1, 1] and ``m`` the *width factor*
 (the first random layer has d_in·m units, as Pensia's M_{2i-1}). Since
-relu(u x) = u relu(x) for u > 0 and |u| relu(-x) for u < 0, and
+relu(u x) = u relu(x) for u > 0 and abs(u) relu(-x) for u < 0, and
 w x = w relu(x) - w relu(-x), keeping v_{j,i,k} for i in S⁺ (units with
-u > 0) and T⁻ (u < 0) gives
+u > 0) and T⁻ (u < 0) gives::
 
     ẑ_k = Σ_j A_{jk} relu(x_j) + B_{jk} relu(-x_j),
     A_{jk} = Σ_{i∈S⁺} u_{j,i} v_{j,i,k},  B_{jk} = Σ_{i∈T⁻} |u_{j,i}| v_{j,i,k},
@@ -42,11 +42,11 @@ Hidden target layers get non-negative inputs (they follow a ReLU), so only
 A matters there and the u < 0 units are pruned.
 
 Error guarantee (exact, per input; :func:`certified_bound`): with
-E⁺ = |A - W| and E⁻ = |B + W| elementwise, one block errs by at most
+E⁺ = abs(A - W) and E⁻ = abs(B + W) elementwise, one block errs by at most
 E⁺ᵀ relu(x) + E⁻ᵀ relu(-x); errors propagate through a later block with
-gain max(|A|, |B|) (ReLU is 1-Lipschitz), so
-δ_1 = E⁺ᵀ relu(x) + E⁻ᵀ relu(-x), δ_ℓ = |A_ℓ|ᵀ δ_{ℓ-1} + E⁺_ℓᵀ a_{ℓ-1} bounds
-|f_target(x) - f_pruned(x)| per logit (a_ℓ: the target's activations).
+gain max(abs(A), abs(B)) (ReLU is 1-Lipschitz), so
+δ_1 = E⁺ᵀ relu(x) + E⁻ᵀ relu(-x), δ_ℓ = abs(A_ℓ)ᵀ δ_{ℓ-1} + E⁺_ℓᵀ a_{ℓ-1} bounds
+abs(f_target(x) - f_pruned(x)) per logit (a_ℓ: the target's activations).
 
 The optimisation route is edge-popup (Ramanujan et al., CVPR 2020, arXiv
 1911.13299) over the same random weights: per-layer top-k of learned scores
@@ -369,7 +369,7 @@ def _exact_chunk(numbers: jax.Array, targets: jax.Array):
 
 @jax.jit
 def _greedy_chunk(numbers: jax.Array, targets: jax.Array):
-  """Largest |number| first, take it when it brings the residual closer to 0."""
+  """Largest abs(number) first, take it when it brings the residual closer to 0."""
   order = jnp.argsort(-jnp.abs(numbers), axis=1)
   sorted_nums = jnp.take_along_axis(numbers, order, 1)
 
@@ -407,7 +407,7 @@ def subset_sum(numbers, targets, method: str = "exact", max_exact: int = MAX_EXA
   """For each row r, a subset of ``numbers[r]`` (bool [N, n]) whose sum is
   near ``targets[r]``.
 
-  ``greedy``: largest |number| first, taken when it helps. ``exact``: the
+  ``greedy``: largest abs(number) first, taken when it helps. ``exact``: the
   nearest subset sum (meet in the middle, float32, 2^(n/2) work per row) when
   n <= ``max_exact``; for more numbers, exact over the first ``max_exact``
   alone, or greedy over the others followed by exact over the first
@@ -509,7 +509,7 @@ def effective_weights(net: Sequence[dict], masks: Sequence[dict]) -> list[tuple]
 
 
 def certified_bound(kernels, net, masks, x, ab=None) -> np.ndarray:
-  """[B, classes]: a bound on |f_target(x) - f_pruned(x)| for each input and
+  """[B, classes]: a bound on abs(f_target(x) - f_pruned(x)) for each input and
   logit that holds in exact arithmetic (module docstring; float64 here).
   ``ab``: :func:`effective_weights` of (net, masks) when already computed."""
   if ab is None:
@@ -530,7 +530,7 @@ def certified_bound(kernels, net, masks, x, ab=None) -> np.ndarray:
 
 
 def box_bound(kernels, net, masks, radius: float) -> np.ndarray:
-  """[classes]: the same bound over every input with |x_j| <= radius (the
+  """[classes]: the same bound over every input with abs(x_j) <= radius (the
   setting of the papers' theorems: bounded inputs)."""
   ab = effective_weights(net, masks)
   mag = np.full((kernels[0].shape[0],), float(radius))
@@ -684,7 +684,7 @@ def width_row(config, stream, target_params, width_factor: int, key: jax.Array) 
   ``mean_error``, ``accuracy`` (pruned network), ``target_accuracy``,
   ``kept_fraction`` (of the papers' dense random network),
   ``kept_fraction_block`` (of the stored u, v), ``weight_error_max`` /
-  ``weight_error_mean`` (|A - W| over the kernels' entries),
+  ``weight_error_mean`` (abs(A - W) over the kernels' entries),
   ``bound_max`` / ``bound_mean`` (certified per-image bound on the test set),
   ``time_s``, memory (:func:`memory_estimate`). Edge-popup keys are prefixed
   ``edge_popup_<loss>_``; absent above ``edge_popup_max_width_factor`` (> 0).
