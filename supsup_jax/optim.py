@@ -19,9 +19,13 @@ def make_schedule(learning_rate: float, schedule: str = "constant", *,
           [optax.linear_schedule(0.0, learning_rate, warmup_steps),
            optax.constant_schedule(learning_rate)], [warmup_steps])
     return optax.constant_schedule(learning_rate)
+  if not warmup_steps:
+    # The same values as the warm-up form with 0 warm-up steps, without its
+    # zero-length linear segment (optax logs a "constant schedule" warning
+    # for it that reads as if the cosine were lost).
+    return optax.cosine_decay_schedule(learning_rate, max(total_steps, 1), 0.0)
   return optax.warmup_cosine_decay_schedule(
-      0.0 if warmup_steps else learning_rate, learning_rate,
-      max(warmup_steps, 0), max(total_steps, warmup_steps + 1), 0.0)
+      0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1), 0.0)
 
 
 def make_optimizer(name: str = "rmsprop", learning_rate: float = 1e-4, *,

@@ -234,6 +234,15 @@ class TrainingInvariantsTest(absltest.TestCase):
     self.assertAlmostEqual(float(sched(10)), 1.0, places=5)
     self.assertLess(float(sched(99)), 0.01)
 
+  def test_cosine_schedule_without_warmup(self):
+    # lr * (1 + cos(pi t / T)) / 2, and no zero-length warm-up segment
+    # (optax warns about one as if the schedule were constant).
+    with self.assertNoLogs(level="WARNING"), self.assertNoLogs("absl", level="INFO"):
+      sched = optim.make_schedule(2e-3, "cosine", total_steps=60)
+    for t in (0, 1, 30, 59, 60):
+      self.assertAlmostEqual(float(sched(t)), 2e-3 * (1 + np.cos(np.pi * t / 60)) / 2,
+                             places=9)
+
 
 if __name__ == "__main__":
   absltest.main()
