@@ -719,11 +719,14 @@ def plot_entropy_hist(path: str, sets: Mapping[str, tuple[np.ndarray, np.ndarray
   top = float(np.log(num_classes))
   edges = np.linspace(0.0, top, 41)
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
-  alpha = 0.6 if len(sets) <= 2 else 0.45
   for i, (ax, name) in enumerate(zip(axes, ("predictive entropy H[p̄] (nats)",
                                             "mutual information (nats)"))):
-    for label, values in sets.items():
-      ax.hist(np.clip(values[i], 0, top), edges, alpha=alpha, density=True, label=label)
+    for j, (label, values) in enumerate(sets.items()):
+      # Two sets: both filled, half transparent. More: the in-distribution set
+      # filled, each OOD set an outline (three filled ones hide each other).
+      style = ({"alpha": 0.6} if j == 0 or len(sets) <= 2 else
+               {"histtype": "step", "linewidth": 1.8})
+      ax.hist(np.clip(values[i], 0, top), edges, density=True, label=label, **style)
     ax.set(xlim=(0, top), xlabel=name, ylabel="density")
     ax.legend(fontsize=8)
   fig.suptitle(title)
