@@ -3,6 +3,9 @@ streams, a tiny synthetic CIFAR-100 image folder for the image-folder path."""
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -239,6 +242,66 @@ def test_cifar100_class_missing_is_refused(tmp_path, monkeypatch, skip, where, m
   assert msg.startswith(f"cifar100 archive {tmp_path / 'data' / 'cifar100'}")
   assert f": {where}/ lacks {len(skip)} class folder(s) with images: {missing};" in msg
   assert "restore the full dataset" in msg
+
+
+def test_cifar100_label_file_changed_beside_the_archive_is_refused(c100):
+  """The label file beside the archive (as in shared/data) is part of the
+  recorded source: changed after the data were prepared, it is noticed
+  (the decoded arrays were keyed by its digest) and refused in one line."""
+  data_dir, archive, tree = c100
+  beside = archive.parent / sources.CIFAR100_LABELS_FILE
+  beside.write_bytes((tree / sources.CIFAR100_LABELS_FILE).read_bytes())  # the same file
+  first = D.load_dataset("cifar100", str(data_dir))
+  np.testing.assert_array_equal(first["coarse"]["test"], np.asarray(F2C)[first["test"][1]])
+  changed = dict(json.loads(beside.read_text()), fine_to_coarse=F2C[1:] + F2C[:1])
+  beside.write_text(json.dumps(changed))  # no clear_cache: noticed in-process too
+  with pytest.raises(D.DataLayoutError) as e:
+    D.load_dataset("cifar100", str(data_dir))
+  assert _one_line(e) == (f"{beside} differs from the {sources.CIFAR100_LABELS_FILE} inside "
+                          "the archive; remove it or restore the original")
+
+
+def test_cifar100_unpacked_folder_class_missing_or_image_changed(tmp_path, monkeypatch):
+  """An unpacked folder (train/ test/ in data_dir/cifar100) takes the same
+  class check, and a changed image is decoded again (its cache is keyed by
+  every file's path, size and mtime)."""
+  monkeypatch.setenv("SUPSUP_CACHE_DIR", str(tmp_path / "cache"))
+  sub = _write_tree(tmp_path / "data" / "cifar100")
+  D.clear_cache()
+  before = D.load_dataset("cifar100", str(tmp_path / "data"))
+  png = sub / "test" / "c07" / "c07_0.png"
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  Image.fromarray(np.full((32, 32, 3), 201, np.uint8)).save(png)
+  after = D.load_dataset("cifar100", str(tmp_path / "data"))
+  changed = after["test"][1] == 7
+  assert (before["test"][0][changed][..., 0] == 7).all()
+  assert (after["test"][0][changed] == 201).all()
+  for p in (sub / "train" / "c99").iterdir():
+    p.unlink()
+  with pytest.raises(D.DataLayoutError) as e:
+    D.load_dataset("cifar100", str(tmp_path / "data"))
+  assert _one_line(e) == (f"cifar100 image folder {sub}: train/ lacks 1 class folder(s) with "
+                          f"images: c99; it needs the 100 fine classes of "
+                          f"{sources.CIFAR100_LABELS_FILE}: restore the full dataset")
+  D.clear_cache()
+
+
+def test_cifar100_class_missing_through_the_launcher_is_one_line(tmp_path):
+  """What a user sees: one error line, exit code 2, no traceback (the check runs
+  before any image is decoded, so no TensorFlow either)."""
+  _write_tree(tmp_path / "data" / "cifar100", skip={("test", "c42")})
+  repo = Path(__file__).resolve().parents[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", SUPSUP_CACHE_DIR=str(tmp_path / "cache"))
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.main", "--config=launch/configs/gg_split_cifar100.py:cpu",
+       f"--workdir={tmp_path / 'w'}", f"--config.data_dir={tmp_path / 'data'}"],
+      cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stdout + result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+  assert errors == [f"error: cifar100 image folder {tmp_path / 'data' / 'cifar100'}: test/ "
+                    "lacks 1 class folder(s) with images: c42; it needs the 100 fine classes "
+                    f"of {sources.CIFAR100_LABELS_FILE}: restore the full dataset"], result.stderr
 
 
 def test_cifar100_label_file_problems_are_one_line(tmp_path, monkeypatch):

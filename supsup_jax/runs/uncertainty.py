@@ -5,7 +5,17 @@ One run trains one uncertainty method, ``config.method`` (``single``,
 see :mod:`supsup_jax.uncertainty.members`), on an in-distribution dataset,
 then measures on its test set accuracy, NLL, Brier and 15-bin ECE, and the OOD
 AUROC of predictive entropy and of mutual information against an
-out-of-distribution set (another dataset, or held-out classes of the same one).
+out-of-distribution set (``ood_dataset`` / ``ood_classes``: another dataset, or
+held-out classes of the same one; ``ood_auroc``, ``ood_auroc_mi``) and, when
+the config names one, against a near-OOD set too (``near_ood_dataset`` /
+``near_ood_classes``, e.g. CIFAR-100 for a CIFAR-10 network, the standard near
+pair; ``near_ood_auroc``, ``near_ood_auroc_mi``). Both OOD sets are the test
+split, normalised with the in-distribution statistics. The near-OOD keys are
+optional (:data:`OPTIONAL`: absent = no near-OOD set, as in the MNIST config);
+at their defaults they are left out of the run's identity, so a config without
+them and one with ``--config.near_ood_dataset=`` are the same run, and a
+workdir holding a run made before its config had a near-OOD set is refused
+with that flag named (it reads or resumes the run as it was).
 
 Config: the keys every method reads stay top level (``dataset``, ``hidden``,
 ``num_members`` = N, ``batch_size``, ``train_steps``, ``seed``, ...;
@@ -33,7 +43,8 @@ stops after that many steps of this process (a time-limited job slot; the same
 command continues).
 
 Writes to the workdir: ``metrics.csv`` (one row), ``reliability.csv`` (per
-bin), ``reliability.png`` and ``entropy_hist.png``, then, last,
+bin), ``reliability.png`` and ``entropy_hist.png`` (one histogram per set,
+labelled in / OOD / near-OOD with the dataset and classes), then, last,
 ``results.json`` (the metrics, ``train_time_s``, ``eval_time_s``,
 ``wall_time_s``, ``peak_rss_mb``, ``bytes_stored`` and the config): a
 ``results.json`` means the run is complete, and the same command on that
@@ -50,6 +61,7 @@ from __future__ import annotations
 import csv
 import difflib
 import functools
+import json
 import math
 import os
 import resource
@@ -62,6 +74,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from supsup_jax import checkpoint as ckpt_lib
 from supsup_jax import plotting
 from supsup_jax import state_io
 from supsup_jax.data import single_task
@@ -95,6 +108,20 @@ KEYS = ("runner", "experiment", "method", "dataset", "id_classes", "ood_dataset"
         "ood_classes", "hidden", "num_members", "optimizer", "learning_rate",
         "batch_size", "train_steps", "steps_per_call", "eval_batch_size", "num_bins",
         "seed", "data_dir", "download", "stop_after_steps") + METHOD_OPTIONS
+# Keys a config may leave out (absent = the value here): the near-OOD set came
+# after runs of the MNIST config existed, and a config without it keeps its
+# run identity (run.json) because these keys at these values are dropped from
+# it (see :func:`identity_config`).
+OPTIONAL: dict[str, Any] = {"near_ood_dataset": "", "near_ood_classes": ()}
+# Image shape of each dataset a run can read: every OOD set must have the
+# in-distribution shape (checked before any data is loaded).
+INPUT_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+                "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
+# The OOD sets of a run, in table order: (name, results-key prefix, config keys).
+# ``ood`` is the config's ``ood_dataset`` (its metrics keep their names,
+# ``ood_auroc``, ...); ``near_ood`` the optional near-OOD set.
+OOD_SETS = (("OOD", "ood", "ood_dataset", "ood_classes"),
+            ("near-OOD", "near_ood", "near_ood_dataset", "near_ood_classes"))
 _WITH_MEMBERS = ("masksembles", "deep_ensemble", "supermask_ensemble")
 # Keys of the flat config before the per-method sub-configs.
 MOVED = {"mc_samples": "mc_dropout.samples", "dropout_rate": "mc_dropout.rate",
@@ -230,10 +257,73 @@ def _ignored(config, method: str) -> None:
                f"config.{name} is read by method {name!r} only")
 
 
+def with_optional(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with every :data:`OPTIONAL` key it leaves out at its default."""
+  out = ml_collections.ConfigDict(_as_dict(config))
+  for key, default in OPTIONAL.items():
+    if key not in out:
+      out[key] = default
+  return out
+
+
+def identity_config(config) -> ml_collections.ConfigDict:
+  """``config`` without the :data:`OPTIONAL` keys that hold their defaults: what
+  run.json records, so a config that never had them (the MNIST one, a run
+  made before the near-OOD set) and one that sets them to "none" are the same run."""
+  out = ml_collections.ConfigDict(_as_dict(config))
+  for key, default in OPTIONAL.items():
+    if key in out and _same_value(out[key], default):
+      del out[key]
+  return out
+
+
+def _same_value(a, b) -> bool:
+  if isinstance(b, tuple) and not isinstance(a, (str, bytes)) and hasattr(a, "__iter__"):
+    return tuple(a) == b
+  return a == b
+
+
+def _check_ood_sets(config, id_cls: list[int]) -> None:
+  """Each OOD set: class ids in range, the in-distribution image shape, disjoint
+  from the in-distribution classes when drawn from the same dataset, and the
+  near-OOD set not the OOD set again."""
+  chosen = {}
+  for label, _, ds_key, cls_key in OOD_SETS:
+    dataset = config[ds_key]
+    cls = _classes(config, cls_key, dataset)
+    if dataset == "":  # only the optional near-OOD set may be absent
+      if cls:
+        raise ValueError(f"config.{cls_key}={tuple(cls)!r} needs config.{ds_key} (the "
+                         "dataset they are classes of)")
+      continue
+    if INPUT_SHAPES[dataset] != INPUT_SHAPES[config.dataset]:
+      raise ValueError(f"config.{ds_key} {dataset!r} has {INPUT_SHAPES[dataset]} images, "
+                       f"config.dataset {config.dataset!r} {INPUT_SHAPES[config.dataset]}: "
+                       f"the {label} set must have the in-distribution image shape")
+    if dataset == config.dataset and (not id_cls or not cls or set(id_cls) & set(cls)):
+      raise ValueError(f"with {ds_key} == dataset, id_classes and {cls_key} must be "
+                       f"non-empty and disjoint, got {tuple(id_cls)} and {tuple(cls)}")
+    chosen[label] = (dataset, tuple(sorted(cls)))
+  if len(chosen) == 2 and chosen["OOD"] == chosen["near-OOD"]:
+    raise ValueError(f"config.near_ood_dataset/near_ood_classes repeat the OOD set "
+                     f"{describe_set(*chosen['OOD'])}; choose another near-OOD set or '' for none")
+
+
+def describe_set(dataset: str, classes) -> str:
+  """``"cifar10 classes 5-9"``, ``"cifar100 (all classes)"``: a set's label in tables and plots."""
+  cls = sorted(int(c) for c in classes)
+  if not cls:
+    return f"{dataset} (all classes)"
+  if cls == list(range(cls[0], cls[-1] + 1)) and len(cls) > 2:
+    return f"{dataset} classes {cls[0]}-{cls[-1]}"
+  return f"{dataset} classes {', '.join(map(str, cls))}"
+
+
 def validate(config) -> None:
   """Every check that needs no data (all keys, their ranges, finite numbers,
   keys the method would ignore); one-line ``ValueError`` naming the fix."""
-  _unknown(config.keys(), KEYS, "config.")
+  _unknown(config.keys(), KEYS + tuple(OPTIONAL), "config.")
+  config = with_optional(config)
   for key in KEYS:
     if key not in config:
       raise ValueError(f"config.{key} is missing (see launch/configs/uncertainty_mnist.py)")
@@ -251,6 +341,9 @@ def validate(config) -> None:
     raise ValueError(f"config.runner {config.runner!r} is not {KIND!r}")
   for key in ("dataset", "ood_dataset"):
     single_task.check_dataset(config[key], f"config.{key}")
+  if config.near_ood_dataset != "" and config.near_ood_dataset not in single_task.DATASETS:
+    raise ValueError(f"config.near_ood_dataset {config.near_ood_dataset!r} unknown; allowed: "
+                     f"{', '.join(single_task.DATASETS)}, or '' for no near-OOD set")
   for key in ("experiment", "data_dir"):
     if not isinstance(config[key], str):
       raise ValueError(f"config.{key} must be a string, got {config[key]!r}")
@@ -268,11 +361,7 @@ def validate(config) -> None:
   _optimizer(config.optimizer, "config.optimizer")
   _positive_float(config.learning_rate, "config.learning_rate")
   id_cls = _classes(config, "id_classes", config.dataset)
-  ood_cls = _classes(config, "ood_classes", config.ood_dataset)
-  if config.ood_dataset == config.dataset:
-    if not id_cls or not ood_cls or set(id_cls) & set(ood_cls):
-      raise ValueError("with ood_dataset == dataset, id_classes and ood_classes must be "
-                       f"non-empty and disjoint, got {tuple(id_cls)} and {tuple(ood_cls)}")
+  _check_ood_sets(config, id_cls)
   if id_cls and len(id_cls) < 2:
     raise ValueError(f"config.id_classes needs >= 2 classes, got {tuple(id_cls)}")
   _ignored(config, config.method)
@@ -286,25 +375,37 @@ def validate(config) -> None:
 def load_data(config, num_orders: int):
   """Training stream with ``num_orders`` batch orders, ID test set, OOD inputs.
 
-  OOD inputs are normalised with the in-distribution statistics: the network
-  sees them through the same preprocessing as its own data.
+  Returns ``(stream, x_test, y_test, ood, num_classes)``; ``ood`` maps each
+  OOD set's results-key prefix (``"ood"``, and ``"near_ood"`` when the config
+  has a near-OOD set; see :data:`OOD_SETS`) to its test images (float32
+  ``[N, H, W, C]``). OOD inputs are normalised with the in-distribution
+  statistics: the network sees them through the same preprocessing as its own data.
   """
+  config = with_optional(config)
   data = load_dataset(config.dataset, config.data_dir or None, config.download)
   id_cls = [int(c) for c in config.id_classes]
   # Member k trains on "task" k: same data, its own shuffle (fold_in(seed, k)).
   stream = single_task.single_task_stream(
       config.dataset, config.seed, classes=id_cls or None, num_orders=num_orders, data=data)
   x_test, y_test = stream.test_arrays(0)
-  ood = data if config.ood_dataset == config.dataset else load_dataset(
-      config.ood_dataset, config.data_dir or None, config.download)
-  x_ood, y_ood = ood["test"]
-  ood_cls = [int(c) for c in config.ood_classes]
-  if ood_cls:
-    x_ood = x_ood[np.isin(y_ood, ood_cls)]
   mean, std = transforms.NORM[config.dataset]
-  x_ood = np.asarray(transforms.normalize(x_ood, mean, std))
+  ood = {}
+  for label, prefix, ds_key, cls_key in OOD_SETS:
+    if config[ds_key] == "":
+      continue
+    source = data if config[ds_key] == config.dataset else load_dataset(
+        config[ds_key], config.data_dir or None, config.download)
+    x_ood, y_ood = source["test"]
+    cls = [int(c) for c in config[cls_key]]
+    if cls:
+      x_ood = x_ood[np.isin(y_ood, cls)]
+    if x_ood.shape[1:] != x_test.shape[1:] or not len(x_ood):
+      raise ValueError(f"the {label} set {describe_set(config[ds_key], cls)} has "
+                       f"{len(x_ood)} test images of shape {x_ood.shape[1:]}; the "
+                       f"in-distribution images are {x_test.shape[1:]}: check config.{ds_key}")
+    ood[prefix] = np.asarray(transforms.normalize(x_ood, mean, std)).astype(np.float32)
   num_classes = len(id_cls) if id_cls else int(data["num_classes"])
-  return stream, np.asarray(x_test), np.asarray(y_test), x_ood.astype(np.float32), num_classes
+  return stream, np.asarray(x_test), np.asarray(y_test), ood, num_classes
 
 
 # Runs of one config in one process (a resumed run, a test's runs) share the
@@ -408,46 +509,91 @@ def run(config, workdir: str) -> dict:
   """
   config = ml_collections.ConfigDict(_as_dict(config))
   validate(config)
-  with scaffold.open_run(workdir, config, kind=KIND, stops_at_boundaries=True) as sc:
+  # run.json, the checkpoints and results.json record the config without the
+  # optional keys at their defaults; the run reads them all.
+  identity = identity_config(config)
+  _refuse_run_without_near_set(workdir, identity)
+  config = with_optional(config)
+  with scaffold.open_run(workdir, identity, kind=KIND, stops_at_boundaries=True) as sc:
     if sc.finished is not None:
       logging.info("%s: finished before; results in %s", config.experiment, workdir)
       return sc.finished
     restored = sc.restore()  # refuses a workdir of another config, before any data
     num_orders = config.num_members if config.method in ("deep_ensemble",
                                                          "supermask_ensemble") else 1
-    stream, x_test, y_test, x_ood, num_classes = load_data(config, num_orders)
+    stream, x_test, y_test, ood, num_classes = load_data(config, num_orders)
     rss_after_data = _peak_rss_mb()
     method = build_method(config, stream.input_shape, num_classes)
     params, meta, steps_here = train(config, method, stream, sc, restored)
     if params is None:
       return {"complete": False, "steps_this_process": steps_here,
               "global_step": meta["global_step"], "experiment": config.experiment}
-    results, outputs = evaluate(config, method, params, x_test, y_test, x_ood, num_classes)
+    results, outputs = evaluate(config, method, params, x_test, y_test, ood, num_classes)
     results.update({
         "train_time_s": meta["train_time_s"],
         "peak_rss_mb": max(meta["peak_rss_mb"], _peak_rss_mb()),
         "peak_rss_mb_after_data": rss_after_data,
         "final_train_loss": meta["losses"][-1], "train_loss_per_call": meta["losses"],
-        "wall_time_s": sc.elapsed(), "config": config.to_dict()})
+        "wall_time_s": sc.elapsed(), "config": identity.to_dict()})
     sc.scalars(config.train_steps, {f"eval/{k}": results[k] for k in (
-        "accuracy", "nll", "brier", "ece", "ood_auroc", "ood_auroc_mi")})
+        "accuracy", "nll", "brier", "ece", *_ood_keys(results))})
     results = sc.finish(results, lambda r: write_outputs(workdir, r, **outputs))
-  logging.info("%s (%s): accuracy %.4f, ECE %.4f, AUROC %.4f; results in %s",
+  logging.info("%s (%s): accuracy %.4f, ECE %.4f, %s; results in %s",
                config.experiment, config.method, results["accuracy"], results["ece"],
-               results["ood_auroc"], workdir)
+               ", ".join(f"{label} AUROC {results[prefix + '_auroc']:.4f}"
+                         for label, prefix, _, _ in OOD_SETS if prefix + "_auroc" in results),
+               workdir)
   return results
 
 
-def evaluate(config, method, params, x_test, y_test, x_ood, num_classes
-             ) -> tuple[dict, dict]:
-  """(results without timings of training, what the plots need)."""
+def _ood_keys(results: Mapping) -> list[str]:
+  """The AUROC keys of the OOD sets a run's results have, in table order."""
+  return [f"{prefix}_auroc{s}" for _, prefix, _, _ in OOD_SETS for s in ("", "_mi")
+          if f"{prefix}_auroc" in results]
+
+
+def _refuse_run_without_near_set(workdir: str, identity) -> None:
+  """A workdir holding this run as it was before its config had a near-OOD set
+  is refused with the flag that reads it as it was (the scaffold's check
+  would only name the differing key)."""
+  if "near_ood_dataset" not in identity:
+    return
+  try:
+    with open(os.path.join(workdir, scaffold.IDENTITY)) as f:
+      held = json.load(f).get("config") or {}
+  except (OSError, ValueError, AttributeError):
+    return  # no readable run.json: the scaffold decides
+  if "near_ood_dataset" in held or not isinstance(held, dict):
+    return
+  if set(ckpt_lib.config_diff(held, identity.to_dict())) <= set(OPTIONAL):
+    raise ckpt_lib.ConfigMismatchError(
+        f"workdir {os.path.abspath(workdir)!r} holds this run without a near-OOD set "
+        f"(config.near_ood_dataset); add --config.near_ood_dataset= to read or resume it as "
+        f"it was, or use a new --workdir for the run with near-OOD set "
+        f"{describe_set(identity.near_ood_dataset, identity.get('near_ood_classes', ()))}")
+
+
+def evaluate(config, method, params, x_test, y_test, ood: Mapping[str, np.ndarray],
+             num_classes) -> tuple[dict, dict]:
+  """(results without timings of training, what the plots need).
+
+  ``ood``: the OOD sets' images by results-key prefix (:func:`load_data`).
+  The first OOD set's predictions draw PRNG key 1 (as before there was a
+  second set), the near-OOD set's key 2.
+  """
+  config = with_optional(config)
   t_eval = time.time()
   eval_key = jax.random.fold_in(jax.random.key(config.seed), _KEY_EVAL)
   lp_in = members_lib.predict_dataset(method, params, x_test, jax.random.fold_in(eval_key, 0),
                                       config.eval_batch_size)
-  lp_ood = members_lib.predict_dataset(method, params, x_ood, jax.random.fold_in(eval_key, 1),
-                                       config.eval_batch_size)
-  scores = calibration.summarize(lp_in, y_test, lp_ood, config.num_bins)
+  lp_ood = {prefix: members_lib.predict_dataset(
+      method, params, ood[prefix], jax.random.fold_in(eval_key, 1 + i), config.eval_batch_size)
+            for i, (_, prefix, _, _) in enumerate(OOD_SETS) if prefix in ood}
+  scores = calibration.summarize(lp_in, y_test, lp_ood["ood"], config.num_bins)
+  if "near_ood" in lp_ood:
+    near = calibration.ood_detection(lp_in, lp_ood["near_ood"])
+    scores.update({"near_ood_auroc": near["auroc"], "near_ood_auroc_mi": near["auroc_mi"],
+                   "mean_entropy_near_ood": near["mean_entropy_ood"]})
   bad = sorted(k for k, v in scores.items() if not math.isfinite(float(v)))
   if bad:  # never a NaN metric in a finished results.json
     raise FloatingPointError(
@@ -455,40 +601,80 @@ def evaluate(config, method, params, x_test, y_test, x_ood, num_classes
         "are in the last checkpoint; lower config.learning_rate or check the data")
   p_in = np.exp(calibration.mean_log_probs(lp_in))
   bins = calibration.reliability_bins(p_in, y_test, config.num_bins)
-  h_in = calibration.entropy_from_log_probs(calibration.mean_log_probs(lp_in))
-  h_ood = calibration.entropy_from_log_probs(calibration.mean_log_probs(lp_ood))
-  mi_in, mi_ood = calibration.mutual_information(lp_in), calibration.mutual_information(lp_ood)
+
+  def entropy_and_mi(lp):
+    return (calibration.entropy_from_log_probs(calibration.mean_log_probs(lp)),
+            calibration.mutual_information(lp))
+
+  sets = set_labels(config)
   results = {
       "experiment": config.experiment, "method": config.method,
       "dataset": config.dataset, "ood_dataset": config.ood_dataset,
       "num_members": method.num_members, "predictions_per_input": method.num_predictions,
       **scores, "eval_time_s": time.time() - t_eval,
       "bytes_stored": members_lib.bytes_stored(method, params),
-      "num_test": int(len(y_test)), "num_ood": int(len(x_ood)),
+      "num_test": int(len(y_test)), "num_ood": int(len(ood["ood"])),
+      "in_set": sets["in"], "ood_set": sets["ood"],
   }
-  outputs = {"bins": bins, "hist": (h_in, h_ood, mi_in, mi_ood), "num_classes": num_classes}
+  if "near_ood" in ood:
+    results.update({"near_ood_dataset": config.near_ood_dataset,
+                    "num_near_ood": int(len(ood["near_ood"])), "near_ood_set": sets["near_ood"]})
+  hist = {"in": entropy_and_mi(lp_in), **{p: entropy_and_mi(lp) for p, lp in lp_ood.items()}}
+  outputs = {"bins": bins, "hist": hist, "num_classes": num_classes}
   return results, outputs
+
+
+def set_labels(config) -> dict[str, str]:
+  """``{"in": ..., "ood": ..., "near_ood": ...}``: what each set is, for tables
+  and plots (``near_ood`` only when the config has one); works on the config
+  a results.json records, whatever its age."""
+  config = with_optional(config)
+  out = {"in": describe_set(config.dataset, config.id_classes)}
+  for _, prefix, ds_key, cls_key in OOD_SETS:
+    if config[ds_key]:
+      out[prefix] = describe_set(config[ds_key], config[cls_key])
+  return out
 
 
 TABLE_KEYS = ("accuracy", "nll", "brier", "ece", "ood_auroc", "ood_auroc_mi",
               "train_time_s", "wall_time_s", "peak_rss_mb", "bytes_stored")
 
 
-def write_outputs(workdir: str, results: dict, bins: dict, hist, num_classes: int) -> None:
-  """metrics.csv, reliability.csv and the two plots (before results.json)."""
+# Beside the OOD set's AUROCs in metrics.csv, for a run with a near-OOD set.
+NEAR_TABLE_KEYS = ("near_ood_auroc", "near_ood_auroc_mi")
+
+
+def write_outputs(workdir: str, results: dict, bins: dict, hist: Mapping,
+                  num_classes: int) -> None:
+  """metrics.csv, reliability.csv and the two plots (before results.json).
+
+  ``hist``: (entropy, mutual information) per example of each set, keyed
+  ``"in"`` and by the OOD sets' results-key prefixes (:func:`evaluate`).
+  """
   _write_csvs(workdir, results, bins)
   title = f"{results['experiment']}: {results['method']}"
   plot_reliability(os.path.join(workdir, "reliability.png"), bins, title, results["ece"])
-  plot_entropy_hist(os.path.join(workdir, "entropy_hist.png"), *hist, num_classes, title,
-                    results["dataset"], results["ood_dataset"])
+  labels = {"in": f"in: {results['in_set']}",
+            **{prefix: f"{label}: {results[prefix + '_set']}"
+               for label, prefix, _, _ in OOD_SETS if prefix in hist}}
+  plot_entropy_hist(os.path.join(workdir, "entropy_hist.png"),
+                    {labels[k]: v for k, v in hist.items()}, num_classes, title)
+
+
+def _csv_keys(results: Mapping) -> tuple[str, ...]:
+  if "near_ood_auroc" not in results:
+    return TABLE_KEYS
+  at = TABLE_KEYS.index("ood_auroc_mi") + 1
+  return TABLE_KEYS[:at] + NEAR_TABLE_KEYS + TABLE_KEYS[at:]
 
 
 def _write_csvs(workdir, results, bins) -> None:
   path = os.path.join(workdir, "metrics.csv")
+  keys = _csv_keys(results)
   with open(path + ".tmp", "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(("method",) + TABLE_KEYS)
-    w.writerow((results["method"],) + tuple(results[k] for k in TABLE_KEYS))
+    w.writerow(("method",) + keys)
+    w.writerow((results["method"],) + tuple(results[k] for k in keys))
   os.replace(path + ".tmp", path)
   path = os.path.join(workdir, "reliability.csv")
   with open(path + ".tmp", "w", newline="") as f:
@@ -522,18 +708,25 @@ def plot_reliability(path: str, bins: dict, title: str, ece: float) -> None:
   plotting.save_atomic(fig, path)
 
 
-def plot_entropy_hist(path: str, h_in, h_ood, mi_in, mi_ood, num_classes: int, title: str,
-                      in_name: str, ood_name: str) -> None:
-  """Histograms of predictive entropy and mutual information, in vs OOD, both on
-  the full range [0, log C] (the largest possible value of either)."""
+def plot_entropy_hist(path: str, sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                      num_classes: int, title: str) -> None:
+  """Histograms of predictive entropy and mutual information of each set
+  (``{legend label: (entropy [N], mutual information [N])}``, the
+  in-distribution set first, then the OOD sets: e.g. ``"OOD: ..."`` and
+  ``"near-OOD: ..."``), on the full range [0, log C] (the largest possible
+  value of either)."""
   plt = plotting.pyplot()
   top = float(np.log(num_classes))
   edges = np.linspace(0.0, top, 41)
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
-  for ax, (a, b, name) in zip(axes, ((h_in, h_ood, "predictive entropy H[p̄] (nats)"),
-                                     (mi_in, mi_ood, "mutual information (nats)"))):
-    ax.hist(np.clip(a, 0, top), edges, alpha=0.6, density=True, label=f"in: {in_name}")
-    ax.hist(np.clip(b, 0, top), edges, alpha=0.6, density=True, label=f"OOD: {ood_name}")
+  for i, (ax, name) in enumerate(zip(axes, ("predictive entropy H[p̄] (nats)",
+                                            "mutual information (nats)"))):
+    for j, (label, values) in enumerate(sets.items()):
+      # Two sets: both filled, half transparent. More: the in-distribution set
+      # filled, each OOD set an outline (three filled ones hide each other).
+      style = ({"alpha": 0.6} if j == 0 or len(sets) <= 2 else
+               {"histtype": "step", "linewidth": 1.8})
+      ax.hist(np.clip(values[i], 0, top), edges, density=True, label=label, **style)
     ax.set(xlim=(0, top), xlabel=name, ylabel="density")
     ax.legend(fontsize=8)
   fig.suptitle(title)
@@ -542,19 +735,38 @@ def plot_entropy_hist(path: str, h_in, h_ood, mi_in, mi_ood, num_classes: int, t
 
 
 def table(workdirs) -> str:
-  """Markdown table of several runs' results.json (one row per workdir)."""
-  import json  # pylint: disable=import-outside-toplevel
-  head = ("method", "acc %", "NLL", "Brier", "ECE", "AUROC H", "AUROC MI", "train s",
-          "wall s", "peak RSS MB", "stored KB")
-  rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  """Markdown table of several runs' results.json (one row per workdir).
+
+  "AUROC H" / "AUROC MI" are against the config's OOD set, "near AUROC H" /
+  "near AUROC MI" (shown when a run has one; "-" for a run without) against
+  its near-OOD set; a line under the table names the sets of each experiment.
+  """
+  results = []
   for d in workdirs:
     with open(os.path.join(d, "results.json")) as f:
-      r = json.load(f)
+      results.append(json.load(f))
+  near = any("near_ood_auroc" in r for r in results)
+  head = ("method", "acc %", "NLL", "Brier", "ECE", "AUROC H", "AUROC MI") + (
+      ("near AUROC H", "near AUROC MI") if near else ()) + (
+      "train s", "wall s", "peak RSS MB", "stored KB")
+  rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  sets = {}
+  for r in results:
+    near_cells = tuple(f"{r[k]:.4f}" if k in r else "-" for k in NEAR_TABLE_KEYS) if near else ()
     rows.append("| " + " | ".join((
         r["method"], f"{100 * r['accuracy']:.2f}", f"{r['nll']:.4f}", f"{r['brier']:.4f}",
-        f"{r['ece']:.4f}", f"{r['ood_auroc']:.4f}", f"{r['ood_auroc_mi']:.4f}",
+        f"{r['ece']:.4f}", f"{r['ood_auroc']:.4f}", f"{r['ood_auroc_mi']:.4f}", *near_cells,
         f"{r['train_time_s']:.1f}", f"{r['wall_time_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
         f"{r['bytes_stored'] / 1024:.0f}")) + " |")
+    labels = set_labels(r["config"])
+    if "near_ood_auroc" not in r:
+      labels.pop("near_ood", None)
+    line = f"in = {labels['in']}; AUROC vs OOD = {labels['ood']}" + (
+        f"; near AUROC vs near-OOD = {labels['near_ood']}" if "near_ood" in labels else "")
+    sets.setdefault(line, []).append(r["experiment"])
+  rows.append("")
+  for line, experiments in sets.items():
+    rows.append(f"{', '.join(dict.fromkeys(experiments))}: {line}")
   return "\n".join(rows)
 
 

@@ -119,11 +119,22 @@ def summarize(member_log_probs: np.ndarray, labels: np.ndarray,
   out = {"accuracy": accuracy(log_p, labels), "nll": nll(log_p, labels),
          "brier": brier(p, labels), "ece": ece(p, labels, num_bins)}
   if ood_member_log_probs is not None:
-    h_in, h_out = entropy_from_log_probs(log_p), entropy_from_log_probs(
-        mean_log_probs(ood_member_log_probs))
-    out["ood_auroc"] = auroc(h_in, h_out)
-    out["ood_auroc_mi"] = auroc(mutual_information(member_log_probs),
-                                mutual_information(ood_member_log_probs))
-    out["mean_entropy_in"] = float(h_in.mean())
-    out["mean_entropy_ood"] = float(h_out.mean())
+    scores = ood_detection(member_log_probs, ood_member_log_probs)
+    out["ood_auroc"], out["ood_auroc_mi"] = scores["auroc"], scores["auroc_mi"]
+    out["mean_entropy_in"] = scores["mean_entropy_in"]
+    out["mean_entropy_ood"] = scores["mean_entropy_ood"]
   return out
+
+
+def ood_detection(member_log_probs: np.ndarray, ood_member_log_probs: np.ndarray
+                  ) -> dict[str, float]:
+  """How well one OOD set ``[M, N_ood, C]`` is told apart from the in-distribution
+  inputs ``[M, N, C]``: ``auroc`` of the predictive entropy, ``auroc_mi`` of the
+  mutual information, and the mean entropy of each side. A study with several
+  OOD sets (e.g. near and far) calls it once per set."""
+  h_in = entropy_from_log_probs(mean_log_probs(member_log_probs))
+  h_out = entropy_from_log_probs(mean_log_probs(ood_member_log_probs))
+  return {"auroc": auroc(h_in, h_out),
+          "auroc_mi": auroc(mutual_information(member_log_probs),
+                            mutual_information(ood_member_log_probs)),
+          "mean_entropy_in": float(h_in.mean()), "mean_entropy_ood": float(h_out.mean())}
