@@ -8,7 +8,9 @@ scalar loop, ~1 ns per byte, and every elementwise unpack + reduce
 formulation measured 2-5x slower than that. On AVX-512 the product has a
 direct form: 16 bits of a row are a 16-lane write mask, so
 ``acc = mask_add(acc, bits, acc, g[16 w : 16 w + 16])`` adds exactly the
-kept weights' gradients, one instruction per 16 bits. This module compiles
+kept weights' gradients, one instruction per 16 bits (every other
+accumulator as the masked FMA ``acc * 1 + g``, the same rounded sum, so
+AMD Zen 4's FMA pipes share the adds: ~1.3x). This module compiles
 that loop (4 rows share each load of ``g``, 8 independent accumulators, rows
 split over the cores) as an XLA FFI custom call, so it runs inside ``jit``
 with no copy of the bank.
@@ -54,6 +56,17 @@ namespace ffi = xla::ffi;
 
 // gp[8j + k] multiplies bit k (least significant first) of byte j.
 
+// acc + g where the mask is set, as a masked FMA acc * 1 + g: the product is
+// exact, so the sum is rounded once, bit for bit the masked add's result.
+// It issues on the FMA units instead of the adders: on AMD Zen 4 those are
+// separate pipes, and alternating the two forms measured ~1.3x the masked
+// adds alone (tools/probes/probe_bitdot_pipes.py); on Intel both forms share
+// ports 0 and 5 (no loss).
+__attribute__((target("avx512f")))
+static inline __m512 masked_add_fma(__m512 acc, __mmask16 m, __m512 g) {
+  return _mm512_mask_fmadd_ps(acc, m, _mm512_set1_ps(1.0f), g);
+}
+
 __attribute__((target("avx512f,avx512bw")))
 static void rows_avx512(const uint8_t* rows, int64_t nbytes, const float* gp,
                         int64_t r0, int64_t r1, float* out) {
@@ -78,7 +91,7 @@ static void rows_avx512(const uint8_t* rows, int64_t nbytes, const float* gp,
           uint32_t m;
           std::memcpy(&m, p[i] + 4 * w, 4);
           a[i] = _mm512_mask_add_ps(a[i], (__mmask16)(m & 0xFFFFu), a[i], g0);
-          b[i] = _mm512_mask_add_ps(b[i], (__mmask16)(m >> 16), b[i], g1);
+          b[i] = masked_add_fma(b[i], (__mmask16)(m >> 16), g1);
         }
       }
       for (int i = 0; i < 4; ++i) tot[i] = _mm512_add_ps(tot[i], _mm512_add_ps(a[i], b[i]));
@@ -180,7 +193,9 @@ static void block_avx512(const uint8_t* rows, int64_t nbytes, const float* gp,
       }
       for (int u = 0; u < U; ++u) {
         const __m512 g = _mm512_loadu_ps(gp + (u0 + u) * gstride + 16 * w);
-        for (int i = 0; i < 4; ++i) acc[i][u] = _mm512_mask_add_ps(acc[i][u], m[i], acc[i][u], g);
+        for (int i = 0; i < 4; ++i)  // half on the adders, half on the FMA units
+          acc[i][u] = (u * 4 + i) & 1 ? masked_add_fma(acc[i][u], m[i], g)
+                                      : _mm512_mask_add_ps(acc[i][u], m[i], acc[i][u], g);
       }
     }
     for (int i = 0; i < nr; ++i)
@@ -291,7 +306,8 @@ static void tsum_avx512(const uint8_t* rows, int64_t nbytes, const float* a,
       for (int u = 0; u < U; ++u) {
         const __m512 av = _mm512_set1_ps(a[(u0 + u) * cap + r]);
         for (int q = 0; q < Q; ++q)
-          acc[u][q] = _mm512_mask_add_ps(acc[u][q], (__mmask16)m[q], acc[u][q], av);
+          acc[u][q] = q & 1 ? masked_add_fma(acc[u][q], (__mmask16)m[q], av)
+                            : _mm512_mask_add_ps(acc[u][q], (__mmask16)m[q], acc[u][q], av);
       }
     }
     for (int u = 0; u < U; ++u)
