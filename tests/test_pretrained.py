@@ -235,3 +235,14 @@ def test_without_weights_from_nothing_changes():
   assert pretrained.from_config(_config(), _seed_weights()) is None
   assert ckpt_lib.config_fingerprint(_config(weights_from="x").to_dict()) != \
       ckpt_lib.config_fingerprint(config)
+
+
+def test_split_streams_take_classes_per_task():
+  """What the pretraining config reads: a split dataset as one task of all its classes."""
+  from supsup_jax import data  # pylint: disable=import-outside-toplevel
+  s = data.make_stream("split_mnist", num_tasks=1, classes_per_task=10)
+  assert (s.num_tasks, s.num_classes, s.task_classes) == (1, 10, [list(range(10))])
+  assert _error(lambda: data.make_stream("split_mnist", classes_per_task=11)) == (
+      "classes_per_task=11 exceeds the 10 classes of 'split_mnist'; allowed: 1..10")
+  assert "applies to the split streams" in _error(
+      lambda: data.make_stream("permuted_mnist", classes_per_task=2))
