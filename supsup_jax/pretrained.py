@@ -178,6 +178,7 @@ def describe_source(path: str, task: int = -1) -> dict:
     if task != -1:
       raise ValueError(f"config.weights_from_task={task}: {path!r} is a checkpoint of one "
                        "network, not an upper_bound run; remove config.weights_from_task")
+    _orbax_item(source)  # names what it holds unless it is one
     return {"source": source, "kind": "checkpoint", "task": None, "model": None}
   results = _read_json(os.path.join(source, "results.json"))
   if results is None:

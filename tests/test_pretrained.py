@@ -199,10 +199,14 @@ def test_leaf_mismatches_are_one_line_with_the_fix(tmp_path, tree, fresh, fragme
      "method 'batche' would ignore it"),
     ({"weights_from_fresh": ("Dense_2",)}, "config.weights_from_fresh applies with "
      "config.weights_from"),
+    ({"weights_from": "EMPTY"}, "holds no orbax checkpoint"),
 ])
 def test_bad_sources_are_one_line(pretrain_dir, tmp_path, overrides, fragment):
   if overrides.get("weights_from") == "PRETRAIN":
     overrides = dict(overrides, weights_from=pretrain_dir)
+  if overrides.get("weights_from") == "EMPTY":
+    os.makedirs(tmp_path / "empty")
+    overrides = dict(overrides, weights_from=str(tmp_path / "empty"))
   msg = _error(lambda: continual.run(_config(**overrides), str(tmp_path)))
   assert fragment in msg, msg
   assert not os.path.exists(os.path.join(tmp_path, "run.json"))  # refused before the claim
@@ -233,6 +237,8 @@ def test_without_weights_from_nothing_changes():
   assert ckpt_lib.config_fingerprint(config) == ckpt_lib.config_fingerprint(before)
   assert ckpt_lib.config_diff(before, config) == []
   assert pretrained.from_config(_config(), _seed_weights()) is None
+  assert {k: _config()[k] for k in pretrained.DEFAULTS} == pretrained.DEFAULTS
+  assert pretrained.DEFAULTS.items() <= ckpt_lib.NEUTRAL_DEFAULTS.items()
   assert ckpt_lib.config_fingerprint(_config(weights_from="x").to_dict()) != \
       ckpt_lib.config_fingerprint(config)
 
@@ -246,3 +252,9 @@ def test_split_streams_take_classes_per_task():
       "classes_per_task=11 exceeds the 10 classes of 'split_mnist'; allowed: 1..10")
   assert "applies to the split streams" in _error(
       lambda: data.make_stream("permuted_mnist", classes_per_task=2))
+
+
+def test_the_hopsupsup_runner_refuses_weights_from(pretrain_dir):
+  from supsup_jax.runs import hopsupsup as hop_run  # pylint: disable=import-outside-toplevel
+  assert "method 'hopsupsup' would ignore it" in _error(
+      lambda: hop_run._check_learner_keys(_config(weights_from=pretrain_dir)))
