@@ -39,6 +39,19 @@ NON_SEMANTIC_KEYS = ("log_every_steps", "checkpoint_every_steps", "checkpoint_ev
                      "stop_after_steps", "data_dir",
                      "download", "progress", "mesh")
 
+# Keys added after runs existed, whose default means "as before": at that value
+# they are left out of the fingerprint and the diff, so a workdir made before
+# the key existed still resumes (and a finished one is still recognised).
+NEUTRAL_DEFAULTS = {"weights_from": "", "weights_from_task": -1, "weights_from_fresh": ()}
+
+
+def _semantic(config: Mapping) -> dict:
+  """The config's top-level items that change results."""
+  return {k: v for k, v in dict(config).items()
+          if k not in NON_SEMANTIC_KEYS and not (
+              k in NEUTRAL_DEFAULTS and json.dumps(v, default=str)
+              == json.dumps(NEUTRAL_DEFAULTS[k]))}
+
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run of a different configuration."""
@@ -93,14 +106,18 @@ def _verify(step_dir: str) -> bool:
   return True
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+  """``Type: message`` of an exception on one line, at most ~300 characters."""
   msg = " ".join(str(e).split())
   return f"{type(e).__name__}: {msg[:300]}" + ("..." if len(msg) > 300 else "")
 
 
+_one_line = one_line
+
+
 def config_fingerprint(config: Mapping) -> str:
   """SHA-256 of the config, ignoring keys that do not change results."""
-  items = {k: v for k, v in dict(config).items() if k not in NON_SEMANTIC_KEYS}
+  items = _semantic(config)
   blob = json.dumps(items, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -118,11 +135,46 @@ def _flat(config: Mapping, prefix: str = "") -> dict[str, Any]:
 def config_diff(saved: Mapping, config: Mapping) -> list[str]:
   """The (dotted) keys whose values differ between two configs, ignoring
   :data:`NON_SEMANTIC_KEYS`."""
-  a, b = _flat(saved), _flat(config)
+  a, b = _flat(_semantic(saved)), _flat(_semantic(config))
   return sorted(k for k in set(a) | set(b)
                 if k.split(".")[0] not in NON_SEMANTIC_KEYS
                 and json.dumps(a.get(k), sort_keys=True, default=str)
                 != json.dumps(b.get(k), sort_keys=True, default=str))
+
+
+def read_latest(directory: str) -> tuple[Any, dict, int]:
+  """``(state, meta, step)`` of the latest step under a run's ``checkpoints``
+  folder, read only (another run's, e.g. pretrained weights): its digests
+  are checked and nothing is moved or cleaned.
+
+  Raises:
+    CheckpointError: no step, or the latest one is damaged or unreadable
+      (no fallback: an earlier step is another state of that run).
+  """
+  directory = os.path.abspath(directory)
+  try:
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"cannot open checkpoints in {directory} ({_one_line(e)})") from None
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {directory}")
+    step_dir = os.path.join(directory, str(step))
+    try:
+      _verify(step_dir)
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint step {step} in {directory} cannot be read "
+                            f"({_one_line(e)})") from None
+    meta = restored["meta"]
+    if not isinstance(meta, dict):
+      raise CheckpointError(f"{step_dir}/meta holds {type(meta).__name__}, not a dict")
+    return restored["state"], meta, int(step)
+  finally:
+    manager.close()
 
 
 class RunCheckpointer:

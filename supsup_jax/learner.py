@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 Memory = Any
 TaskState = Any
@@ -66,6 +66,11 @@ class Learner:
       the layout of its input memory.
     infer_task_with: ``(objective) -> infer_task`` with another objective
       (e.g. "g" beside the learner's "entropy"), for runs that compare them.
+    provenance: JSON-able record of where the learner's fixed inputs come
+      from (SupSup over pretrained weights: the checkpoint's path and
+      digest, :mod:`supsup_jax.pretrained`); the run loop writes it to
+      results.json and every checkpoint and refuses a resume whose
+      provenance changed. None: nothing beyond the config.
 
   The first eight fields are required; ``trains_weights`` defaults to False
   and the optional functions to None (a learner without ``infer_task``
@@ -107,6 +112,7 @@ class Learner:
   reopen_task: Callable[[Memory, Any, Any], TaskState] | None = None
   place_memory: Callable[[Memory, Any], Memory] | None = None
   infer_task_with: Callable[[str], Callable[[Memory, int, Any], Any]] | None = None
+  provenance: Mapping[str, Any] | None = None
 
 
 _NEEDS = {

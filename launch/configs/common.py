@@ -20,6 +20,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_options = ml_collections.ConfigDict()
   c.num_outputs = 0              # 0 -> classes per task; more = superfluous neurons
   c.init = "signed_constant"
+  # Fixed weights from a checkpoint instead of the seed (SupSup; supsup_jax/pretrained.py):
+  c.weights_from = ""            # "" = random from seed; orbax params checkpoint or
+                                 # a finished upper_bound/lower_bound workdir
+  c.weights_from_task = -1       # upper_bound workdir: which task's network (0-based)
+  c.weights_from_fresh = ()      # leaf path prefixes kept from the seed, e.g. ("Dense_0",)
   c.mask_kind = "topk"           # topk | threshold
   c.sparsity = 0.5               # top-k keep fraction k
   c.er_sparsity = 0.0            # > 0: ER per-layer budget with this s

@@ -476,6 +476,15 @@ def _chunks(order, size, num_tasks):
   return [order[i * size:(i + 1) * size] for i in range(num_tasks)]
 
 
+def _classes_per_task(opts: dict, default: int, total: int, name: str) -> int:
+  """The option ``classes_per_task`` (default: the stream's own), at most ``total``."""
+  per = opts.get("classes_per_task", default)
+  if per > total:
+    raise ValueError(f"classes_per_task={per} exceeds the {total} classes of {name!r}; "
+                     f"allowed: 1..{total}")
+  return per
+
+
 def _check_num_tasks(name, num_tasks, default, maximum=None):
   if num_tasks is None:
     return default
@@ -495,7 +504,7 @@ def _check_options(opts: dict) -> None:
     v = opts["rotation_step_deg"]
     if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v):
       raise ValueError(f"rotation_step_deg must be a finite number of degrees, got {v!r}")
-  for name, lo in (("image_size", 1), ("shuffle_buffer", 1)):
+  for name, lo in (("image_size", 1), ("shuffle_buffer", 1), ("classes_per_task", 1)):
     if name in opts:
       opts[name] = as_int(name, opts[name], lo=lo)
   if opts.get("class_order_seed") is not None:
@@ -530,14 +539,18 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
       ``class_order`` (explicit class order for split streams),
       ``class_order_seed`` (CIFAR-100 default: ``seed``, 0..2**32-1; ImageNet
       default: 0),
-      ``image_size`` (ImageNet, 224), ``shuffle_buffer`` (ImageNet, 16384).
+      ``image_size`` (ImageNet, 224), ``shuffle_buffer`` (ImageNet, 16384),
+      ``classes_per_task`` (split streams: 2 for MNIST/Fashion/CIFAR-10, 5
+      for CIFAR-100, 10 for ImageNet; e.g. 10 with ``num_tasks=1`` makes
+      ``split_cifar10`` the whole 10-way CIFAR-10 as one task).
   """
   if name not in STREAMS:
     raise ValueError(f"Unknown stream '{name}'; allowed: {', '.join(STREAMS)}")
   seed = as_int("seed", seed, 0, MAX_SEED)
   opts = dict(options)
   allowed_opts = {"rotation_step_deg", "shared_labels", "augment", "class_order",
-                  "class_order_seed", "image_size", "shuffle_buffer", "mean", "std"}
+                  "class_order_seed", "image_size", "shuffle_buffer", "mean", "std",
+                  "classes_per_task"}
   bad = sorted(set(opts) - allowed_opts)
   if bad:
     raise ValueError(f"Unknown option(s) {', '.join(bad)} for make_stream; allowed: "
@@ -545,6 +558,8 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
   shared = bool(opts.get("shared_labels", False))
   augment = bool(opts.get("augment", False))
   _check_options(opts)
+  if "classes_per_task" in opts and not name.startswith("split_"):
+    raise ValueError(f"classes_per_task applies to the split streams, not {name!r}")
   _check_num_tasks(name, num_tasks, 1)  # type and >= 1 now; the maximum after loading
   if name == "split_cifar100" and opts.get("class_order") is None:
     supsup_cifar100_order(opts.get("class_order_seed", seed))  # its seed range, before loading
@@ -563,7 +578,7 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
     builder = sources.resolve_builder("imagenet2012", data_dir, download)
     total = int(builder.info.features["label"].num_classes)
     order = opts.get("class_order") or _class_order(total, opts.get("class_order_seed", 0))
-    per = 10
+    per = _classes_per_task(opts, 10, len(order), name)
     n = _check_num_tasks(name, num_tasks, len(order) // per, len(order) // per)
     return TFDSTaskStream(name=name, builder=builder, task_classes=_chunks(order, per, n),
                           seed=seed, num_classes_total=total, shared_labels=shared,
@@ -584,6 +599,7 @@ def make_stream(name: str, *, num_tasks: int | None = None, seed: int = 0,
     order = supsup_cifar100_order(opts.get("class_order_seed", seed))
   else:
     order = list(range(total))
+  per = _classes_per_task(opts, per, total, name)
   n = _check_num_tasks(name, num_tasks, total // per, total // per)
   mean, std = opts.get("mean", T.NORM[base][0]), opts.get("std", T.NORM[base][1])
   return InMemoryStream(name=name, data=data, num_tasks=n, seed=seed, mean=mean, std=std,

@@ -56,6 +56,8 @@ def check_config(method: str, config: Any) -> None:
   """The method's own check of its config part (its module's
   ``check_config(config)``, if it has one), before any data is loaded."""
   check_method(method)
+  from supsup_jax import pretrained  # pylint: disable=import-outside-toplevel
+  pretrained.check_config(config, method)  # config.weights_from*: only mask learners
   check = getattr(_module(method), "check_config", None)
   if check is not None:
     check(config)

@@ -39,6 +39,7 @@ from supsup_jax import inference
 from supsup_jax import masks as masks_lib
 from supsup_jax import models
 from supsup_jax import optim
+from supsup_jax import pretrained
 from supsup_jax import sharded_inference
 from supsup_jax import training
 from supsup_jax import weights as weights_lib
@@ -61,12 +62,14 @@ def _stack_zeros(tree, capacity: int):
 def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
          initial_batch_stats=None, transfer: bool = False, keep_scores: bool = False,
          inference_algorithm: str = "oneshot", inference_objective: str = "entropy",
-         detect_seed: int = 0) -> Learner:
+         detect_seed: int = 0, provenance=None) -> Learner:
   """The SupSup learner over ``masked`` and its frozen ``weights``.
 
   Args:
     masked: the model and how scores become masks.
-    weights: the fixed random weight tree (never changed).
+    weights: the fixed weight tree, never changed: random from a seed
+      (:func:`supsup_jax.weights.init_weights`) or pretrained
+      (:mod:`supsup_jax.pretrained`).
     optimizer: optax transformation over the scores.
     capacity: task slots in memory (the bank's rows).
     initial_batch_stats: every task's starting BN statistics ({} if no BN).
@@ -77,6 +80,9 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     inference_objective: the objective of task inference: ``"entropy"``
       (H) or ``"g"`` (G); see :mod:`supsup_jax.inference`.
     detect_seed: seeds the untrained candidate masks of new-task detection.
+    provenance: where ``weights`` come from when not from the seed
+      (:attr:`supsup_jax.pretrained.Pretrained.provenance`), for results.json
+      and the resume check.
 
   Returns:
     The learner; memory as in the module docstring (bank rows and per-task
@@ -254,7 +260,8 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
                  trains_weights=False, infer_task=infer_task,
                  infer_task_with=infer_task_with,
                  detect_task=detect_task, reopen_task=reopen_task,
-                 place_memory=place_memory)
+                 place_memory=place_memory,
+                 provenance=None if provenance is None else dict(provenance))
 
 
 SUPSUP_DEFAULTS = {
@@ -295,7 +302,9 @@ def check_config(config) -> None:
 def from_config(config, stream) -> Learner:
   """SupSup for an experiment config: the common keys of
   ``launch/configs/common.py`` and ``config.supsup`` (``transfer``,
-  ``keep_scores``)."""
+  ``keep_scores``); ``config.weights_from`` (with ``weights_from_task``,
+  ``weights_from_fresh``) masks pretrained weights instead of the seed's
+  (:mod:`supsup_jax.pretrained`)."""
   part = read_config(config)
   num_outputs = config.get("num_outputs") or stream.num_classes
   if num_outputs < stream.num_classes:
@@ -307,6 +316,11 @@ def from_config(config, stream) -> Learner:
   model = models.make_model(config.model, num_outputs, **model_kwargs)
   example = np.zeros((1, *stream.input_shape), np.float32)
   weights = weights_lib.init_weights(model, config.seed, example, init=config.init)
+  # config.weights_from: the fixed weights from a checkpoint (Piggyback), any
+  # leaves named by config.weights_from_fresh kept from the seed.
+  loaded = pretrained.from_config(config, weights)
+  if loaded is not None:
+    weights = loaded.weights
   batch_stats = weights_lib.init_model_state(model, example).get("batch_stats", {})
   if config.mask_kind == "topk" and config.get("er_sparsity"):
     k = masks_lib.er_fractions(masks_lib.init_scores(weights, jax.random.key(0)),
@@ -326,5 +340,6 @@ def from_config(config, stream) -> Learner:
               initial_batch_stats=batch_stats, transfer=part["transfer"],
               keep_scores=part["keep_scores"],
               inference_algorithm=config.inference_algorithm,
-              inference_objective=config.inference_objective, detect_seed=config.seed)
+              inference_objective=config.inference_objective, detect_seed=config.seed,
+              provenance=None if loaded is None else loaded.provenance)
 

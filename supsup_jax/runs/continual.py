@@ -24,6 +24,7 @@ the last good checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from typing import Any, Callable, Mapping
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from supsup_jax import checkpoint as ckpt_lib
 from supsup_jax import distributed
 from supsup_jax.runs import evaluation
 from supsup_jax.runs import scaffold
@@ -312,11 +314,32 @@ class _Run:
     if restored is None:
       return
     tree, meta = restored
+    self.check_provenance(meta.get("provenance"))
     self.memory = self.place(state_io.from_saveable(tree["memory"], self.memory))
     self.partial = tree.get("task_state")
     self.rec, self.meta = meta["record"], meta["loop"]
     logging.info("Resuming %s (%s) from %s (workdir %s)", self.config.experiment,
                  self.learner.name, self.meta.get("where", "?"), self.sc.workdir)
+
+  def provenance(self) -> dict | None:
+    """The learner's provenance as JSON reads it back (None: none)."""
+    p = self.learner.provenance
+    return None if p is None else json.loads(json.dumps(dict(p), default=str))
+
+  def check_provenance(self, saved) -> None:
+    """Refuses to resume when the learner's fixed inputs (e.g. the weights of
+    ``config.weights_from``) are not those the checkpoint was trained over:
+    the config is the same, the file it names changed."""
+    now = self.provenance()
+    if (saved or None) == now:
+      return
+    saved, now = saved or {}, now or {}
+    diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
+    raise ckpt_lib.ConfigMismatchError(
+        f"workdir {self.sc.workdir!r} was trained over other fixed weights than "
+        f"config.weights_from gives now ({'; '.join(diff)}); put the original "
+        "checkpoint back, or use a new --workdir")
 
   def log_train(self, global_step: int, mets: Mapping, **extra) -> None:
     self.sc.scalars(global_step, {"train/loss": float(mets["loss"]),
@@ -329,8 +352,11 @@ class _Run:
     tree = {"memory": state_io.to_saveable(distributed.gathered(self.memory))}
     if task_state is not None:
       tree["task_state"] = state_io.to_saveable(distributed.gathered(task_state))
-    self.sc.save(step, tree, {"loop": dict(loop), "record": self.rec,
-                              "global_step": int(loop.get("global_step", 0))})
+    meta = {"loop": dict(loop), "record": self.rec,
+            "global_step": int(loop.get("global_step", 0))}
+    if self.learner.provenance is not None:
+      meta["provenance"] = self.provenance()
+    self.sc.save(step, tree, meta)
     self.meta_where = str(loop.get("where", "?"))
 
   def task_end_save_due(self, finished: bool, evaluated: bool) -> bool:
@@ -555,7 +581,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       return sc.finished
     restored = sc.restore()  # refuses a workdir of another config, before any data
     if setup is None:
-      setup = build(config, validated=True)
+      try:
+        setup = build(config, validated=True)
+      except Exception:
+        if restored is None:  # nothing trained yet: the fixed command may reuse the workdir
+          sc.release_if_empty()
+        raise
     else:
       learner_lib.check_serves(setup.learner, config.scenario)
     state = _Run(config, sc, setup, mesh)
@@ -599,6 +630,8 @@ def _finish(run: _Run, extra: Mapping) -> dict:
       "config": config.to_dict(),
       **extra,
   }
+  if run.learner.provenance is not None:  # e.g. the pretrained weights' path and digest
+    results["provenance"] = run.provenance()
   if gn:
     inf_rows = rec["inference_rows"]
     results["task_inference_accuracy"] = metrics.average_accuracy(inf_rows[-1])

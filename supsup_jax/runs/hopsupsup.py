@@ -62,6 +62,7 @@ from supsup_jax import hopfield
 from supsup_jax import learner as learner_lib
 from supsup_jax import optim
 from supsup_jax import plotting
+from supsup_jax import pretrained
 from supsup_jax import state_io
 from supsup_jax import weights as weights_lib
 from supsup_jax.data import streams as streams_lib
@@ -179,6 +180,7 @@ def study_config(config) -> dict[str, Any]:
 def _check_learner_keys(config) -> None:
   """The learner's own keys (``config.hopfield``), checked by the learner
   before any data loads."""
+  pretrained.check_config(config, "hopsupsup")  # refuses config.weights_from
   hopsupsup.read_config(config)
 
 

@@ -232,6 +232,16 @@ class Run:
                    if distributed.is_writer() else distributed.NullWriter())
     return restored
 
+  def release_if_empty(self) -> None:
+    """Removes the identity :meth:`restore` wrote while nothing is saved
+    under it (no checkpoint, no results): a fresh run that failed before its
+    first step, on a config or data error found while building it, leaves
+    the workdir free for the corrected command."""
+    if self.finished is None and self.ckpt.latest_step() is None \
+        and distributed.is_writer():
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(self.workdir, IDENTITY))
+
   def elapsed(self) -> float:
     """Seconds this run has taken so far, over all its processes' lives."""
     return time.time() - self.run_start
