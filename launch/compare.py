@@ -44,7 +44,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _METHODS = flags.DEFINE_list("methods", [], "Methods to run: supsup_jax.methods.METHODS "
                              "and the named variants of supsup_jax.methods.VARIANTS.")
 _WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Directory of the comparison; each method runs in <workdir>/<method>.")
+                               "Directory of the comparison; each method (or variant) "
+                               "runs in <workdir>/<name>.")
 _RUNS = flags.DEFINE_list("runs", [], "Finished workdirs (with results.json) to include.")
 flags.mark_flags_as_required(["workdir"])
 

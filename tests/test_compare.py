@@ -150,7 +150,8 @@ def test_variant_is_an_entry_of_its_own_and_reuses_a_launch_main_run(tmp_path):
   assert not calls and entries[0]["method"] == "supsup_transfer"
   # --runs labels a run by the variant its recorded config is.
   entries = compare.compare(None, [], str(tmp_path / "cmp3"),
-                            runs=[os.path.join(out, "supsup"), os.path.join(out2, "supsup_transfer")])
+                            runs=[os.path.join(out, "supsup"),
+                                  os.path.join(out2, "supsup_transfer")])
   assert [e["method"] for e in entries] == ["supsup", "supsup_transfer"]
   # A variant serves the scenarios its method serves.
   gnu = gnu_permuted_mnist_lenet.get_config()
