@@ -161,6 +161,9 @@ def test_variant_is_an_entry_of_its_own_and_reuses_a_launch_main_run(tmp_path):
 
 def test_variant_override_the_config_lacks_is_one_line(tmp_path, monkeypatch):
   from supsup_jax import methods  # pylint: disable=import-outside-toplevel
+  # A variant is not a config.method: the message gives the flags of one run of it.
+  with pytest.raises(ValueError, match=r"--config.method=supsup --config.supsup.transfer=True"):
+    methods.check_method("supsup_transfer")
   monkeypatch.setitem(methods.VARIANTS, "supsup_bad",
                       methods.Variant("supsup", {"supsup.transfr": True}))
   with pytest.raises(ValueError) as e:

@@ -125,6 +125,11 @@ def check_method(method: str) -> None:
   """One-line ValueError unless ``method`` is registered or "module:function"."""
   if method in METHODS or (isinstance(method, str) and method.count(":") == 1):
     return
+  if method in VARIANTS:
+    v = VARIANTS[method]
+    flags = " ".join(f"--config.{k}={val}" for k, val in v.overrides.items())
+    raise ValueError(f"config.method {method!r} is a named variant (for launch.compare "
+                     f"--methods); one run of it is --config.method={v.method} {flags}")
   raise ValueError(f"config.method {method!r} unknown; allowed: {', '.join(sorted(METHODS))}, "
                    "or 'package.module:function' for your own learner")
 
