@@ -103,7 +103,8 @@ def test_runs_the_comparison_when_none_is_given(tmp_path):
   fig = storage_figures.get_figure(NAME)
   assert calls == [n for n, _ in fig.points]  # the lower bound is drawn, not run
   assert os.path.exists(str(tmp_path / "fig" / "comparison" / "comparison.csv"))
-  assert data["missing"] == ["lower_bound"]
+  assert data["missing"] == []  # the lower bound is drawn when present, not a gap
+  assert [o["entry"] for o in data["ours"]] == calls
   calls.clear()
   storage_figures.reproduce(NAME, str(tmp_path / "fig"), "cpu", base=configs.load,
                             run_fn=run_fn, log=lambda m: None)

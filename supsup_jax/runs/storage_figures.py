@@ -249,6 +249,9 @@ def write_outputs(workdir: str, fig: StorageFigure, scale: str, comparison_dir: 
   """``figure.png``, ``report.md`` and ``figure_data.json`` from the finished
   runs in ``comparison_dir``; returns the plotted data."""
   found, missing = load_entries(fig, comparison_dir, config)
+  # A line (the lower bound) is drawn when the comparison has it; it is not
+  # one of the figure's runs, so its absence is no gap.
+  missing = [n for n in missing if n not in dict(fig.lines)]
   if missing:
     log(f"not in {comparison_dir} yet (no results.json), left out: {', '.join(missing)}")
   labels = dict(fig.points + fig.lines)
@@ -402,7 +405,8 @@ def report_markdown(fig: StorageFigure, data: Mapping) -> str:
       src = p["where"] + (", read off the plot (approximate)" if p["read_off_figure"]
                           else ", stated")
     if o is None:
-      mine = ["not run yet"] + ["–"] * 4
+      mine = ["not run yet" if name in data["missing"] else
+              "not in the comparison (add it to --methods to draw it)"] + ["–"] * 4
     else:
       mine = [_pct(o["accuracy_pct"]), _pct(o["forgetting_pct"]), _int(o["bytes_per_task"]),
               _int(o["bytes_shared"]), _int(o["total_bytes"]) if o["kind"] == "point"
