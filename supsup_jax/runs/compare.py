@@ -22,8 +22,9 @@ Storage per task = ``bytes_per_task + bytes_shared / num_tasks``: what each
 task costs, with what is stored once (a trained network; nothing for a
 network given by its seed) spread over the tasks. Total bytes = storage per
 task x ``num_tasks`` = ``bytes_per_task * num_tasks + bytes_shared``: all a
-method stores after the last task (the x axis of the paper's Figure 2). The comparison's workdir is
-locked while it runs and must not hold a run of its own.
+method stores after the last task (the x axis of the paper's Figure 2). The
+comparison's workdir is locked while it runs and must not hold a run of its
+own.
 """
 from __future__ import annotations
 
