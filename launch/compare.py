@@ -7,11 +7,18 @@ r"""Runs several continual learners on one experiment and compares them.
 
 Each method runs in ``<workdir>/<method>`` through the same run loop as
 ``launch.main`` with ``config.method`` set (a finished run, one with a
-``results.json``, is reused; an interrupted one resumes). ``--runs`` adds
-finished workdirs of other runs. Writes to ``<workdir>``:
+``results.json`` of the same config, is reused; an interrupted one resumes).
+A named variant (``supsup_jax.methods.VARIANTS``) is a method with config
+overrides, run in ``<workdir>/<variant>`` and labelled so, e.g.
+``supsup_transfer`` = ``supsup`` with ``--config.supsup.transfer=True``: a
+finished ``launch.main`` run with those flags, moved to
+``<workdir>/supsup_transfer``, is reused. ``--runs`` adds finished workdirs of
+other runs (labelled by the variant or method their config is). Writes to
+``<workdir>``:
 
-* ``comparison.csv``: one row per method: final average accuracy, forgetting,
-  bytes per task, shared bytes, storage per task, mean wall time per task;
+* ``comparison.csv``: one row per entry: final average accuracy, forgetting,
+  bytes per task, shared bytes, storage per task, total bytes, mean wall time
+  per task;
 * ``comparison.json``: the same plus each method's average-accuracy curve;
 * ``comparison.png``: average accuracy vs tasks learned (one line per
   method) and final accuracy vs storage per task (log axis), both with the
@@ -19,7 +26,8 @@ finished workdirs of other runs. Writes to ``<workdir>``:
 
 Storage per task = ``bytes_per_task + bytes_shared / num_tasks``: what each
 task costs, with what is stored once (a trained network; nothing for a
-network given by its seed) spread over the tasks.
+network given by its seed) spread over the tasks; total bytes = storage per
+task x num_tasks.
 """
 import os
 import sys
@@ -33,9 +41,11 @@ from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (launch/configs/*.py).", lock_config=False)
-_METHODS = flags.DEFINE_list("methods", [], "Methods to run (supsup_jax.methods.METHODS).")
+_METHODS = flags.DEFINE_list("methods", [], "Methods to run: supsup_jax.methods.METHODS "
+                             "and the named variants of supsup_jax.methods.VARIANTS.")
 _WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Directory of the comparison; each method runs in <workdir>/<method>.")
+                               "Directory of the comparison; each method (or variant) "
+                               "runs in <workdir>/<name>.")
 _RUNS = flags.DEFINE_list("runs", [], "Finished workdirs (with results.json) to include.")
 flags.mark_flags_as_required(["workdir"])
 

@@ -2,11 +2,19 @@ r"""Reproduces one of the paper's figures: runs its experiments, draws it, repor
 
   python -m launch.reproduce --figure=permuted_mnist_gnu [--scale=cpu|paper] \
       [--workdir=runs/reproduce/permuted_mnist_gnu_cpu]
+  python -m launch.reproduce --figure=split_cifar100_bytes --scale=cpu \
+      [--comparison=<launch.compare workdir>] --workdir=runs/reproduce/c100_bytes
 
 Figures (Wortsman et al. 2020, arXiv:2006.14769; see supsup_jax/runs/figures.py):
 ``permuted_mnist_gnu`` (Figure 3), ``permuted_mnist_2500`` (Figure 4),
 ``rotated_mnist`` (Figure 5 left), ``output_size_ablation`` (Figure 6),
-``oneshot_vs_binary``. ``--scale=cpu`` (default) is a reduced version that
+``oneshot_vs_binary``; from a comparison (see
+supsup_jax/runs/storage_figures.py): ``split_cifar100_bytes`` (Figure 2
+right: GG SplitCIFAR100, accuracy after 20 tasks vs total stored bytes, one
+point per method, the paper's numbers beside; ``--comparison=DIR`` draws the
+finished runs of an existing ``launch.compare`` workdir without writing there,
+otherwise the comparison runs in ``<workdir>/comparison``).
+``--scale=cpu`` (default) is a reduced version that
 finishes in minutes on two CPU cores; ``--scale=paper`` runs the paper's
 settings. Each run goes to ``<workdir>/<run>``; the same command resumes
 interrupted runs and reuses finished ones. Writes ``figure.png``,
@@ -26,13 +34,19 @@ from absl import logging
 from launch import cli
 from launch import configs
 from supsup_jax.runs import figures
+from supsup_jax.runs import storage_figures
 
-_FIGURE = flags.DEFINE_string("figure", None,
-                              f"Figure to reproduce: {', '.join(figures.FIGURES)}.")
+KNOWN = (*figures.FIGURES, *storage_figures.FIGURES)
+
+_FIGURE = flags.DEFINE_string("figure", None, f"Figure to reproduce: {', '.join(KNOWN)}.")
 _SCALE = flags.DEFINE_string("scale", "cpu", "cpu (reduced, minutes) or paper (full settings).")
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Directory of the figure's runs (default "
                                "runs/reproduce/<figure>_<scale>).")
+_COMPARISON = flags.DEFINE_string(
+    "comparison", None, "For a figure drawn from a comparison "
+    f"({', '.join(storage_figures.FIGURES)}): a launch.compare workdir whose finished "
+    "runs to draw (only read); without it the comparison runs in <workdir>/comparison.")
 
 def main(argv):
   from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
@@ -41,16 +55,29 @@ def main(argv):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   name, scale = _FIGURE.value, _SCALE.value
   if not name:
-    cli.fail(f"--figure is required; known figures: {', '.join(figures.FIGURES)}")
+    cli.fail(f"--figure is required; known figures: {', '.join(KNOWN)}")
   workdir = _WORKDIR.value or os.path.join("runs", "reproduce", f"{name}_{scale}")
   logging.get_absl_handler().python_handler.stream = sys.stdout
   logging.set_verbosity(logging.INFO)
   with cli.one_line_errors(workdir):
-    figures.get_figure(name)
+    if name not in KNOWN:
+      raise ValueError(f"unknown figure {name!r}; known figures: {', '.join(KNOWN)}")
     if scale not in figures.SCALES:
       raise ValueError(f"unknown --scale {scale!r}; allowed: {', '.join(figures.SCALES)}")
-    data = figures.reproduce(name, workdir, scale, base=configs.load,
-                             log=lambda m: print(m, flush=True))
+    log = lambda m: print(m, flush=True)
+    if name in storage_figures.FIGURES:
+      data = storage_figures.reproduce(name, workdir, scale, base=configs.load,
+                                       comparison=_COMPARISON.value, log=log)
+      for o in data["ours"]:
+        stored = "?" if o["total_bytes"] is None else f"{o['total_bytes']:,.0f}"
+        print(f"{o['label']}: {o['accuracy_pct']:.2f} % after {o['num_tasks']} tasks, "
+              f"{stored} bytes stored")
+      print(f"wrote figure.png, report.md, figure_data.json to {os.path.abspath(workdir)}")
+      return
+    if _COMPARISON.value:
+      raise ValueError(f"--comparison is for the figures drawn from a comparison "
+                       f"({', '.join(storage_figures.FIGURES)}), not {name!r}")
+    data = figures.reproduce(name, workdir, scale, base=configs.load, log=log)
   for panel in data["panels"]:
     for line in panel["lines"]:
       inf = line["final_task_inference_pct"]

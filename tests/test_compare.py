@@ -108,3 +108,66 @@ def test_method_that_cannot_serve_scenario_names_those_that_can(tmp_path):
 def test_missing_results_dir_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no results.json"):
     compare.compare(None, [], str(tmp_path / "out"), runs=[str(tmp_path)])
+
+
+def test_variant_is_an_entry_of_its_own_and_reuses_a_launch_main_run(tmp_path):
+  """supsup_transfer runs supsup with config.supsup.transfer=True in
+  <workdir>/supsup_transfer, is labelled so, and a finished run of the config
+  launch.main runs with --config.supsup.transfer=True is reused."""
+  config = gg_permuted_mnist.get_config()
+  config.num_tasks = 2
+  calls = []
+
+  def fake_run(cfg, sub):
+    calls.append((cfg.method, cfg.supsup.transfer, os.path.basename(sub)))
+    acc = 0.95 if cfg.supsup.transfer else 0.9
+    _write_results(sub, cfg.method, [[acc, None], [acc, acc]], [1, 2], 10,
+                   config=json.loads(json.dumps(cfg.to_dict(), default=str)))
+
+  out = str(tmp_path / "cmp")
+  entries = compare.compare(config, ["supsup", "supsup_transfer"], out, run_fn=fake_run,
+                            stream_fn=_FakeStream)
+  assert calls == [("supsup", False, "supsup"), ("supsup", True, "supsup_transfer")]
+  assert [e["method"] for e in entries] == ["supsup", "supsup_transfer"]
+  assert [e["base_method"] for e in entries] == ["supsup", "supsup"]
+  with open(os.path.join(out, "comparison.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["method"] for r in rows] == ["supsup", "supsup_transfer"]
+  assert float(rows[1]["avg_accuracy"]) == pytest.approx(0.95)
+  assert float(rows[1]["total_bytes"]) == pytest.approx(20)  # 10 bytes x 2 tasks
+  # launch.main --config.supsup.transfer=True sets that one key of the same
+  # config; its finished run, moved into a comparison, is reused and labelled.
+  main_config = gg_permuted_mnist.get_config()
+  main_config.num_tasks = 2
+  main_config.supsup.transfer = True
+  fake_run(main_config, str(tmp_path / "main_run"))
+  out2 = str(tmp_path / "cmp2")
+  os.makedirs(out2)
+  os.rename(str(tmp_path / "main_run"), os.path.join(out2, "supsup_transfer"))
+  calls.clear()
+  entries = compare.compare(config, ["supsup_transfer"], out2, run_fn=fake_run,
+                            stream_fn=_FakeStream)
+  assert not calls and entries[0]["method"] == "supsup_transfer"
+  # --runs labels a run by the variant its recorded config is.
+  entries = compare.compare(None, [], str(tmp_path / "cmp3"),
+                            runs=[os.path.join(out, "supsup"),
+                                  os.path.join(out2, "supsup_transfer")])
+  assert [e["method"] for e in entries] == ["supsup", "supsup_transfer"]
+  # A variant serves the scenarios its method serves.
+  gnu = gnu_permuted_mnist_lenet.get_config()
+  gnu.num_tasks = 3
+  compare.check_methods(["supsup_transfer"], gnu, _FakeStream)
+
+
+def test_variant_override_the_config_lacks_is_one_line(tmp_path, monkeypatch):
+  from supsup_jax import methods  # pylint: disable=import-outside-toplevel
+  # A variant is not a config.method: the message gives the flags of one run of it.
+  with pytest.raises(ValueError, match=r"--config.method=supsup --config.supsup.transfer=True"):
+    methods.check_method("supsup_transfer")
+  monkeypatch.setitem(methods.VARIANTS, "supsup_bad",
+                      methods.Variant("supsup", {"supsup.transfr": True}))
+  with pytest.raises(ValueError) as e:
+    compare.compare(gg_permuted_mnist.get_config(), ["supsup_bad"], str(tmp_path),
+                    run_fn=None, stream_fn=_FakeStream)
+  msg = str(e.value)
+  assert "\n" not in msg and "'supsup_bad'" in msg and "no key 'supsup.transfr'" in msg

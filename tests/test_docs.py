@@ -164,6 +164,7 @@ def _has_key(config, dotted):
 def test_commands_name_what_exists():
   from supsup_jax import methods  # pylint: disable=import-outside-toplevel
   from supsup_jax.runs import figures  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import storage_figures  # pylint: disable=import-outside-toplevel
   from launch import configs  # pylint: disable=import-outside-toplevel
   commands = _commands()
   assert len(commands) > 20, commands
@@ -189,9 +190,9 @@ def test_commands_name_what_exists():
           problems.append(f"{path}: unknown method {method.group(1)}: {cmd}")
     for listed in re.findall(r"--methods=([\w,]+)", cmd):
       problems += [f"{path}: unknown method {x}: {cmd}"
-                   for x in listed.split(",") if x not in methods.METHODS]
+                   for x in listed.split(",") if x not in methods.entry_names()]
     for fig in re.findall(r"--figure=(\w+)", cmd):
-      if fig not in figures.FIGURES:
+      if fig not in figures.FIGURES and fig not in storage_figures.FIGURES:
         problems.append(f"{path}: unknown figure {fig}: {cmd}")
     only = re.findall(r"--only[= ]([\w,*]+)", cmd)
     if only and module == "benchmarks.run":

@@ -11,12 +11,20 @@ method's options), e.g. in a notebook; ``from_config`` only reads the config's
 common keys and the method's own sub-config (``config.supsup``,
 ``config.trained_net``, ``config.abatche``, ``config.packnet``,
 ``config.hopfield``) and calls ``make``.
+
+:data:`VARIANTS` names a registered method with config overrides (e.g.
+``supsup_transfer`` = ``supsup`` with ``config.supsup.transfer=True``), so that
+a comparison can run and label it as an entry of its own
+(``launch.compare --methods=supsup,supsup_transfer``); the config a variant
+runs is exactly the one ``launch.main`` runs with the same overrides given as
+``--config.<key>=<value>`` flags.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
-from typing import Any
+from typing import Any, Mapping
 
 from supsup_jax.learner import Learner
 
@@ -36,10 +44,92 @@ METHODS: dict[str, str] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A registered method run with config overrides (dotted keys, e.g.
+  ``"supsup.transfer"``); what makes it a variant must differ from the
+  method's defaults."""
+  method: str
+  overrides: Mapping[str, Any]
+  description: str = ""
+
+
+#: Named variants of registered methods, each a method plus config overrides.
+VARIANTS: dict[str, Variant] = {
+    # Wortsman et al. 2020, Section 4.1: a new task's scores start from the
+    # running mean of the learned ones ("Transfer"; the authors' trainers/reinit.py).
+    "supsup_transfer": Variant("supsup", {"supsup.transfer": True},
+                               "SupSup-Transfer: scores start from the mean of the "
+                               "finished tasks' scores"),
+}
+
+
+def entry_names() -> list[str]:
+  """Every name a comparison accepts: the registered methods and variants."""
+  return sorted({*METHODS, *VARIANTS})
+
+
+def _set_dotted(config, key: str, value, what: str) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  for part in parents:
+    if part not in node:
+      raise ValueError(f"{what}: the config has no key {key!r} (no {part!r})")
+    node = node[part]
+  if leaf not in node:
+    raise ValueError(f"{what}: the config has no key {key!r}")
+  node[leaf] = value
+
+
+def _get_dotted(tree: Mapping, key: str, missing=None):
+  node = tree
+  for part in key.split("."):
+    if not isinstance(node, Mapping) or part not in node:
+      return missing
+    node = node[part]
+  return node
+
+
+def entry_config(name: str, config):
+  """The config entry ``name`` (a method or a variant) runs: a copy of
+  ``config`` with ``method`` set and the variant's overrides applied (the
+  variant's values win over the caller's); one-line ValueError for an
+  unknown name or an override key the config lacks."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  if name in VARIANTS:
+    variant = VARIANTS[name]
+    method, overrides = variant.method, variant.overrides
+  elif name in METHODS:
+    method, overrides = name, {}
+  else:
+    raise ValueError(f"unknown method {name!r}; allowed: {', '.join(entry_names())}")
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.method = method
+  for key, value in overrides.items():
+    _set_dotted(out, key, value, f"method variant {name!r} (= {method} with {key}={value!r})")
+  return out
+
+
+def entry_name(method: str, config: Mapping) -> str:
+  """The name of the entry a run of ``method`` with (recorded) ``config`` is:
+  the variant of ``method`` whose overrides the config holds (the one with
+  most overrides if several do), else ``method``."""
+  unset = object()
+  held = [(len(v.overrides), n) for n, v in VARIANTS.items()
+          if v.method == method and v.overrides
+          and all(_get_dotted(config or {}, k, unset) == val for k, val in v.overrides.items())]
+  return max(held)[1] if held else method
+
+
 def check_method(method: str) -> None:
   """One-line ValueError unless ``method`` is registered or "module:function"."""
   if method in METHODS or (isinstance(method, str) and method.count(":") == 1):
     return
+  if method in VARIANTS:
+    v = VARIANTS[method]
+    flags = " ".join(f"--config.{k}={val}" for k, val in v.overrides.items())
+    raise ValueError(f"config.method {method!r} is a named variant (for launch.compare "
+                     f"--methods); one run of it is --config.method={v.method} {flags}")
   raise ValueError(f"config.method {method!r} unknown; allowed: {', '.join(sorted(METHODS))}, "
                    "or 'package.module:function' for your own learner")
 

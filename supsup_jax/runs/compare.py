@@ -1,12 +1,18 @@
 r"""Several continual learners on one experiment, side by side.
 
-:func:`compare` runs each method in ``<workdir>/<method>`` through the
+:func:`compare` runs each entry in ``<workdir>/<name>`` through the
 continual loop (:mod:`supsup_jax.runs.continual`: a finished run is reused, an
 interrupted one resumes, one of another config is refused) and writes to
-``<workdir>``:
+``<workdir>``. An entry is a registered method (``config.method``) or a named
+variant of one (:data:`supsup_jax.methods.VARIANTS`, e.g. ``supsup_transfer``
+= ``supsup`` with ``config.supsup.transfer=True``), labelled by its name; its
+config is :func:`supsup_jax.methods.entry_config`, the same one ``launch.main``
+runs with the variant's overrides as flags, so such a finished run moved into
+``<workdir>/<name>`` is reused.
 
-* ``comparison.csv``: one row per method: final average accuracy, forgetting,
-  bytes per task, shared bytes, storage per task, mean wall time per task;
+* ``comparison.csv``: one row per entry: final average accuracy, forgetting,
+  bytes per task, shared bytes, storage per task, total bytes, mean wall time
+  per task;
 * ``comparison.json``: the same plus each method's average-accuracy curve;
 * ``comparison.png``: average accuracy vs tasks learned (one line per
   method) and final accuracy vs storage per task (log axis), both with the
@@ -14,8 +20,11 @@ interrupted one resumes, one of another config is refused) and writes to
 
 Storage per task = ``bytes_per_task + bytes_shared / num_tasks``: what each
 task costs, with what is stored once (a trained network; nothing for a
-network given by its seed) spread over the tasks. The comparison's workdir is
-locked while it runs and must not hold a run of its own.
+network given by its seed) spread over the tasks. Total bytes = storage per
+task x ``num_tasks`` = ``bytes_per_task * num_tasks + bytes_shared``: all a
+method stores after the last task (the x axis of the paper's Figure 2). The
+comparison's workdir is locked while it runs and must not hold a run of its
+own.
 """
 from __future__ import annotations
 
@@ -31,24 +40,26 @@ from supsup_jax import workdir as workdir_lib
 from supsup_jax import plotting
 
 CSV_FIELDS = ("method", "num_tasks", "avg_accuracy", "forgetting", "bytes_per_task",
-              "bytes_shared", "storage_per_task", "wall_time_per_task_s",
+              "bytes_shared", "storage_per_task", "total_bytes", "wall_time_per_task_s",
               "task_inference_accuracy", "workdir")
 
 
 # ------------------------------------------------------------------ checks --
 
 def check_methods(methods: Sequence[str], config, stream_fn: Callable[[], Any]) -> None:
-  """One-line ValueError for an unknown method or one that cannot serve the
-  config's scenario (naming those that can). ``stream_fn`` builds the data
-  stream, only when a learner has to be built to tell."""
+  """One-line ValueError for an unknown entry (a method or a variant), one
+  whose overrides the config lacks, or one that cannot serve the config's
+  scenario (naming those that can). ``stream_fn`` builds the data stream,
+  only when a learner has to be built to tell."""
   from supsup_jax import learner as learner_lib  # pylint: disable=import-outside-toplevel
   from supsup_jax import methods as methods_lib  # pylint: disable=import-outside-toplevel
-  unknown = [m for m in methods if m not in methods_lib.METHODS]
+  unknown = [m for m in methods if m not in methods_lib.entry_names()]
   if unknown:
     raise ValueError(f"unknown method {unknown[0]!r}; allowed: "
-                     f"{', '.join(sorted(methods_lib.METHODS))}")
+                     f"{', '.join(methods_lib.entry_names())}")
   if len(set(methods)) != len(methods):
     raise ValueError(f"--methods lists a method twice: {','.join(methods)}")
+  configs = {m: methods_lib.entry_config(m, config) for m in methods}
   scenario = config.get("scenario", "GG")
   if scenario == "GG" or not methods:
     return  # every learner serves GG
@@ -56,13 +67,14 @@ def check_methods(methods: Sequence[str], config, stream_fn: Callable[[], Any]) 
 
   def can_serve(name) -> bool:
     try:
-      return learner_lib.serves(methods_lib.make_learner(name, config, stream), scenario)
+      cfg = configs.get(name) or methods_lib.entry_config(name, config)
+      return learner_lib.serves(methods_lib.make_learner(cfg.method, cfg, stream), scenario)
     except Exception:  # pylint: disable=broad-except
       return False  # a method that cannot even be built for this config cannot serve it
 
   for m in methods:
     if not can_serve(m):
-      able = [n for n in sorted(methods_lib.METHODS) if n != m and can_serve(n)]
+      able = [n for n in methods_lib.entry_names() if n != m and can_serve(n)]
       raise ValueError(f"method {m!r} cannot serve scenario {scenario} of "
                        f"{config.get('experiment') or 'this config'}; methods that can: "
                        f"{', '.join(able) or 'none'}")
@@ -79,8 +91,10 @@ def _mean(x) -> float | None:
   return float(x)
 
 
-def load_run(workdir: str) -> dict:
-  """One run's comparison entry from its ``results.json``."""
+def load_run(workdir: str, name: str | None = None) -> dict:
+  """One run's comparison entry from its ``results.json``, labelled ``name``
+  (default: the variant or method the recorded config is, see
+  :func:`supsup_jax.methods.entry_name`)."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no results.json (not a finished run)")
@@ -92,24 +106,31 @@ def load_run(workdir: str) -> dict:
     raise ValueError(f"{path} lacks {', '.join(missing)}")
   method = r.get("method") or (r.get("config") or {}).get("method") or os.path.basename(
       os.path.normpath(workdir))
+  if name is None:
+    from supsup_jax import methods as methods_lib  # pylint: disable=import-outside-toplevel
+    name = methods_lib.entry_name(method, r.get("config") or {})
   num_tasks = int(r.get("num_tasks") or len(r["accuracy_matrix"][-1]))
   curve = [_mean(row) for row in r["accuracy_matrix"]]
   bytes_per_task = r.get("bytes_per_task")
   shared = r.get("bytes_shared") or 0
   storage = None if bytes_per_task is None else float(bytes_per_task) + shared / num_tasks
   return {
-      "method": method,
+      "method": name,
+      "base_method": method,
       "num_tasks": num_tasks,
       "avg_accuracy": float(r["avg_accuracy"]),
       "forgetting": _mean(r.get("forgetting")),
       "bytes_per_task": bytes_per_task,
       "bytes_shared": shared,
       "storage_per_task": storage,
+      "total_bytes": None if storage is None else storage * num_tasks,
       "wall_time_per_task_s": _mean(r.get("wall_time_per_task_s")),
       "task_inference_accuracy": _mean(r.get("task_inference_accuracy")),
       "workdir": os.path.abspath(workdir),
       "experiment": r.get("experiment"),
       "scenario": r.get("scenario"),
+      "steps_per_task": r.get("steps_per_task"),
+      "config": r.get("config") or {},
       "curve": {"tasks_learned": [int(t) for t in r["eval_after_tasks"]],
                 "avg_accuracy": curve},
   }
@@ -218,12 +239,11 @@ def _check_not_a_run(workdir: str) -> None:
 
 
 def _compare_locked(config, methods, workdir, runs, run_fn) -> list[dict]:
-  import ml_collections  # pylint: disable=import-outside-toplevel
+  from supsup_jax import methods as methods_lib  # pylint: disable=import-outside-toplevel
   dirs = []
   for m in methods:
     sub = os.path.join(workdir, m)
-    cfg = ml_collections.ConfigDict(config.to_dict())
-    cfg.method = m
+    cfg = methods_lib.entry_config(m, config)
     if _is_finished(sub, cfg):
       logging.info("%s: finished run found in %s", m, sub)
     else:
@@ -234,7 +254,7 @@ def _compare_locked(config, methods, workdir, runs, run_fn) -> list[dict]:
         raise RuntimeError(f"{m}: the run in {sub} stopped before writing results.json; "
                            "run the same command again to resume")
     dirs.append(sub)
-  entries = [load_run(d) for d in dirs + runs]
+  entries = [load_run(d, m) for d, m in zip(dirs, methods)] + [load_run(d) for d in runs]
   title = ""
   if config is not None:
     title = f"{config.get('experiment') or ''} ({config.get('scenario', 'GG')}, {config.num_tasks} tasks)"
