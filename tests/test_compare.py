@@ -84,6 +84,19 @@ def test_runs_missing_methods_and_reuses_finished(tmp_path):
   config.iterations_per_task = 7
   compare.compare(config, ["batche"], out, run_fn=fake_run, stream_fn=_FakeStream)
   assert [c[0] for c in calls] == ["batche"]
+  # A run recorded before the weights_from keys existed (absent = their
+  # neutral default) is the same config, as the run scaffold judges it.
+  calls.clear()
+  path = os.path.join(out, "batche", "results.json")
+  with open(path) as f:
+    r = json.load(f)
+  for key in ("weights_from", "weights_from_task", "weights_from_fresh"):
+    assert key in r["config"]
+    del r["config"][key]
+  with open(path, "w") as f:
+    json.dump(r, f)
+  compare.compare(config, ["batche"], out, run_fn=fake_run, stream_fn=_FakeStream)
+  assert not calls
 
 
 def test_unknown_method_lists_all(tmp_path):

@@ -137,14 +137,19 @@ def load_run(workdir: str, name: str | None = None) -> dict:
 
 
 def _is_finished(workdir: str, config) -> bool:
-  """Whether ``workdir`` holds a finished run of exactly ``config``."""
+  """Whether ``workdir`` holds a finished run of ``config``: the same keys
+  that change results, as the run scaffold compares them (keys added later
+  at their neutral default, e.g. ``weights_from=""``, and keys that do not
+  change results, e.g. ``progress``, do not count)."""
+  from supsup_jax import checkpoint  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return False
   with open(path) as f:
     r = json.load(f)
   same = json.loads(json.dumps(config.to_dict(), default=str))
-  return "avg_accuracy" in r and r.get("config") == same
+  return ("avg_accuracy" in r and isinstance(r.get("config"), dict)
+          and not checkpoint.config_diff(r["config"], same))
 
 
 # ----------------------------------------------------------------- outputs --
