@@ -145,3 +145,16 @@ def test_cli_draws_from_a_comparison_and_refuses_bad_flags(tmp_path):
                      capture_output=True, text=True, timeout=300)
   lines = [l for l in p.stderr.splitlines() if l.strip()]
   assert p.returncode == 2 and len(lines) == 1 and "--comparison is for" in lines[0]
+
+
+def test_config_differences_ignore_neutral_defaults_not_real_changes():
+  # A run recorded before the weights_from keys existed matches a config that
+  # has them at their defaults; a changed value that changes results does not.
+  expected = {"seed": 0, "iterations_per_task": 60, "weights_from": "",
+              "weights_from_task": -1, "weights_from_fresh": [], "supsup": {"transfer": False}}
+  recorded = {"seed": 0, "iterations_per_task": 60, "supsup": {"transfer": False}}
+  assert storage_figures.config_differences(recorded, expected) == []
+  recorded["supsup"] = {"transfer": True}
+  recorded["weights_from"] = "/ckpt"
+  assert storage_figures.config_differences(recorded, expected) == ["supsup.transfer",
+                                                                     "weights_from"]

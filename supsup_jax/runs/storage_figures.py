@@ -167,21 +167,13 @@ def figure_config(fig: StorageFigure, scale: str, base: ConfigLoader):
   return base(fig.config, fig.config_args[scale])
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_differences(recorded: Mapping, expected: Mapping) -> list[str]:
-  """Dotted keys whose recorded value differs from the expected config's."""
-  a = _flatten(json.loads(json.dumps(recorded, default=str)))
-  b = _flatten(json.loads(json.dumps(expected, default=str)))
-  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  """Dotted keys whose recorded value differs from the expected config's, as
+  the run scaffold compares configs (keys that do not change results, and
+  keys added later at their neutral default, do not count)."""
+  from supsup_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  return checkpoint.config_diff(json.loads(json.dumps(recorded, default=str)),
+                                json.loads(json.dumps(expected, default=str)))
 
 
 def load_entries(fig: StorageFigure, comparison_dir: str, expected_config=None
