@@ -186,7 +186,8 @@ def get_figure(name: str) -> Figure:
   return FIGURES[name]
 
 
-def _check_scale(scale: str) -> None:
+def check_scale(scale: str) -> None:
+  """One-line ValueError for a scale not in :data:`SCALES`."""
   if scale not in SCALES:
     raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
 
@@ -199,7 +200,7 @@ ConfigLoader = Callable[[str], ml_collections.ConfigDict]
 def run_config(fig: Figure, run: Run, scale: str, base: ConfigLoader
                ) -> ml_collections.ConfigDict:
   """The config of one run at one scale (the base config is not modified)."""
-  _check_scale(scale)
+  check_scale(scale)
   c = ml_collections.ConfigDict(base(run.config).to_dict())
   for key, value in {**run.overrides, **(fig.cpu_overrides if scale == "cpu" else {})}.items():
     if key not in c:
@@ -272,7 +273,7 @@ def reproduce(name: str, workdir: str, scale: str = "cpu", *, base: ConfigLoader
   Returns :func:`write_outputs`'s summary.
   """
   fig = get_figure(name)
-  _check_scale(scale)
+  check_scale(scale)
   configs = {r.name: run_config(fig, r, scale, base) for r in fig.runs_at(scale)}
   with workdir_lib.lock(workdir):
     claim_workdir(workdir, fig, scale)
@@ -315,7 +316,7 @@ def write_outputs(workdir: str, name: str, scale: str,
   """Draws ``figure.png`` and writes ``report.md`` and ``figure_data.json``
   from the runs' ``results.json``; returns the plotted data."""
   fig = get_figure(name)
-  _check_scale(scale)
+  check_scale(scale)
   panels = []
   for panel in fig.panels_at(scale):
     lines = []

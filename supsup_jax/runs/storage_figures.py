@@ -151,11 +151,6 @@ def get_figure(name: str) -> StorageFigure:
   return FIGURES[name]
 
 
-def _check_scale(scale: str) -> None:
-  if scale not in SCALES:
-    raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
-
-
 # base(config_name, arg) -> the ConfigDict of that experiment, get_config(arg)
 # (the launcher passes launch.configs.load), so this library imports no launcher.
 ConfigLoader = Callable[[str, Any], Any]
@@ -163,7 +158,7 @@ ConfigLoader = Callable[[str, Any], Any]
 
 def figure_config(fig: StorageFigure, scale: str, base: ConfigLoader):
   """The comparison's config (before each entry's method and overrides)."""
-  _check_scale(scale)
+  figures.check_scale(scale)
   return base(fig.config, fig.config_args[scale])
 
 
@@ -218,7 +213,7 @@ def reproduce(name: str, workdir: str, scale: str = "cpu", *, base: ConfigLoader
   with it, only the finished runs there are read. Returns the plotted data.
   """
   fig = get_figure(name)
-  _check_scale(scale)
+  figures.check_scale(scale)
   config = figure_config(fig, scale, base)
   if comparison is not None:
     comparison = os.path.abspath(comparison)
