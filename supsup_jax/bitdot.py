@@ -16,8 +16,8 @@ split over the cores) as an XLA FFI custom call, so it runs inside ``jit``
 with no copy of the bank.
 
 The C++ source is embedded below and built on first use with the system C++
-compiler (``$CXX``, else ``c++``) into ``$SUPSUP_CACHE_DIR/bitdot`` (default
-``~/.cache/supsup_jax/bitdot``), keyed by the source's and jaxlib's hashes.
+compiler into ``$SUPSUP_CACHE_DIR/bitdot`` (default
+``~/.cache/supsup_jax/bitdot``; :mod:`supsup_jax.ffi_build`).
 Without a compiler, with ``SUPSUP_BITDOT=0``, or off CPU, :func:`available`
 is False and ``bank.rows_dot`` keeps its lookup-table path. CPUs without
 AVX-512 get a portable loop (chosen at run time). The sum order differs from
@@ -26,18 +26,14 @@ both against a float64 reference).
 """
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from supsup_jax import ffi_build
 
 TARGET = "supsup_bitdot_rows_dot"
 TARGET_MATMUL = "supsup_bitdot_rows_matmul"
@@ -396,61 +392,15 @@ _lock = threading.Lock()
 _state: dict = {}
 
 
-def _cache_dir() -> str:
-  root = os.environ.get("SUPSUP_CACHE_DIR") or os.path.join(
-      os.path.expanduser("~"), ".cache", "supsup_jax")
-  return os.path.join(root, "bitdot")
-
-
-def _build() -> str:
-  """Path of the compiled library (built once per source and jaxlib)."""
-  import jaxlib  # pylint: disable=import-outside-toplevel
-  include = jax.ffi.include_dir()
-  key = hashlib.sha256((_SOURCE + jaxlib.__version__ + include).encode()).hexdigest()[:16]
-  out_dir = _cache_dir()
-  lib = os.path.join(out_dir, f"bitdot-{key}.so")
-  if os.path.exists(lib):
-    return lib
-  cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-  if not cxx:
-    raise RuntimeError("no C++ compiler found (set $CXX)")
-  os.makedirs(out_dir, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-    src = os.path.join(tmp, "bitdot.cc")
-    with open(src, "w") as f:
-      f.write(_SOURCE)
-    tmp_lib = os.path.join(tmp, "bitdot.so")
-    proc = subprocess.run(
-        [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", f"-I{include}",
-         src, "-o", tmp_lib], capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-      raise RuntimeError(f"building the bitdot kernel failed: {proc.stderr[-2000:]}")
-    os.replace(tmp_lib, lib)  # atomic: concurrent builders race harmlessly
-  return lib
-
-
 def available() -> bool:
   """Whether the kernel is built and registered (builds it on first call)."""
   with _lock:
-    if "ok" not in _state:
-      _state["ok"] = False
-      if os.environ.get("SUPSUP_BITDOT", "1") != "0":
-        try:
-          lib = ctypes.cdll.LoadLibrary(_build())
-          jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.SupsupRowsDot),
-                                      platform="cpu")
-          jax.ffi.register_ffi_target(TARGET_MATMUL,
-                                      jax.ffi.pycapsule(lib.SupsupRowsMatmul),
-                                      platform="cpu")
-          jax.ffi.register_ffi_target(TARGET_WSUM,
-                                      jax.ffi.pycapsule(lib.SupsupRowsWeightedSum),
-                                      platform="cpu")
-          _state["ok"] = True
-        except Exception as e:  # pylint: disable=broad-except
-          _state["error"] = f"{type(e).__name__}: {e}"
-          print(f"supsup_jax.bitdot: kernel unavailable, using the XLA path "
-                f"({_state['error'][:300]})", file=sys.stderr)
-    return _state["ok"]
+    if os.environ.get("SUPSUP_BITDOT", "1") == "0":
+      return False
+    return ffi_build.load("bitdot", _SOURCE, {TARGET: "SupsupRowsDot",
+                                              TARGET_MATMUL: "SupsupRowsMatmul",
+                                              TARGET_WSUM: "SupsupRowsWeightedSum"},
+                          _state)
 
 
 def default_threads() -> int:
@@ -458,10 +408,7 @@ def default_threads() -> int:
   env = os.environ.get("SUPSUP_BITDOT_THREADS")
   if env:
     return max(1, int(env))
-  try:
-    return max(1, len(os.sched_getaffinity(0)))
-  except AttributeError:  # not Linux
-    return max(1, os.cpu_count() or 1)
+  return ffi_build.usable_cores()
 
 
 def rows_dot(rows: jax.Array, flat_g: jax.Array, num_rows, *,

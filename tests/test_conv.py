@@ -1,4 +1,6 @@
 """supsup_jax.conv: forward and both gradients equal plain lax conv."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import pytest
 from jax import lax
 
 from supsup_jax import conv as conv_lib
+from supsup_jax import winograd_kernel
 from supsup_jax.masks import apply_masks, init_scores, masks_from_scores
 from supsup_jax.weights import init_weights
 
@@ -334,3 +337,58 @@ def test_winograd_vmap_over_kernels():
     y_new = jax.vmap(lambda x, k: conv_lib.conv_general_dilated(x, k, **kw), axes)(xx, k)
     np.testing.assert_allclose(np.asarray(y_new), np.asarray(y_ref), rtol=RTOL,
                                atol=ATOL * float(jnp.max(jnp.abs(y_ref))))
+
+
+needs_native = pytest.mark.skipif(
+    not winograd_kernel.supports(jnp.float32, 16, 16),
+    reason="the compiled Winograd kernel needs the CPU backend, AVX-512 and a C++ compiler")
+
+
+@needs_native
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((3, -1), (2, 0))])
+@pytest.mark.parametrize("hw,cin,cout", [((8, 8), 16, 32), ((9, 7), 32, 16)])
+def test_native_winograd_matches_lax(padding, hw, cin, cout):
+  x, k = _data((3, *hw, cin), (3, 3, cin, cout))
+  assert conv_lib._native(x.dtype, cin, cout, conv_lib.DEFAULT_OPTIONS)
+  _check(x, k, window_strides=(1, 1), padding=padding, dimension_numbers=NHWC)
+  # NCHW / OIHW layouts go through the same kernel (transposed to canonical).
+  xt, kt = jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(k, (3, 2, 0, 1))
+  _check(xt, kt, window_strides=(1, 1), padding=padding)
+
+
+@needs_native
+def test_native_kernel_equals_xla_winograd_over_many_blocks():
+  # tile_block=6: 2 x 5 x 4 = 40 tiles in 7 blocks (a short last one); with
+  # 18 images, > 16 blocks per thread (the grouped sum of the kernel gradient).
+  for n in (2, 18):
+    x, k = _data((n, 10, 7, 16), (3, 3, 16, 32))
+    pads = ((1, 1), (1, 1))
+    dy = jnp.asarray(np.random.default_rng(2).standard_normal((n, 10, 7, 32)), jnp.float32)
+    y_ref = conv_lib.winograd_conv(x, k, pads)
+    y = winograd_kernel.conv(x, conv_lib._transformed_kernel(k), pads, tile_block=6)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5,
+                               atol=1e-6 * float(jnp.max(jnp.abs(y_ref))))
+    g_ref = conv_lib.winograd_kernel_grad(x, dy, pads)
+    g = conv_lib._kernel_from_transformed(
+        winograd_kernel.kernel_grad(x, dy, pads, tile_block=6))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5,
+                               atol=1e-6 * float(jnp.max(jnp.abs(g_ref))))
+
+
+@needs_native
+def test_native_kernel_in_scan_and_vmap_and_off_switch():
+  x, k = _data((2, 3, 6, 6, 16), (2, 3, 3, 16, 16))
+  kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+  ref = jax.grad(_loss(lax.conv_general_dilated, **kw), 1)
+  for options in (conv_lib.DEFAULT_OPTIONS, conv_lib.ConvOptions(native_kernel=False)):
+    new = jax.grad(_loss(functools.partial(conv_lib.conv_general_dilated,
+                                           options=options), **kw), 1)
+    # vmapped over tasks (kernel and batch), inside a scan as the run loop trains
+    g_new = jax.jit(lambda x, k: lax.scan(
+        lambda c, _: (c, jax.vmap(new)(x, k)), 0, None, length=2)[1][-1])(x, k)
+    g_ref = jax.vmap(ref)(x, k)
+    np.testing.assert_allclose(np.asarray(g_new), np.asarray(g_ref), rtol=RTOL,
+                               atol=ATOL * float(jnp.max(jnp.abs(g_ref))))
+  assert not conv_lib._native(x.dtype, 16, 16, conv_lib.ConvOptions(native_kernel=False))
+  assert not conv_lib._native(jnp.float64, 16, 16, conv_lib.DEFAULT_OPTIONS)
+  assert not conv_lib._native(x.dtype, 16, 8, conv_lib.DEFAULT_OPTIONS)
