@@ -21,8 +21,9 @@ Measured (2-core AMD EPYC Zen 4, idle; 32x32 64->64, B=128): forward 37 ms
 * :func:`kernel_grad`: ``du = sum_tiles V^T (A dY A^T)`` (``[16, C, O]``),
   the gradient of ``u``; :mod:`supsup_jax.conv` applies ``G^T du G``.
 
-Float32, NHWC/HWIO, C and O multiples of 16, a CPU with AVX-512F; the
-caller checks :func:`supports` and keeps XLA's Winograd otherwise. The sums
+Float32, NHWC/HWIO, any channel counts (16 per vector; the scratch rows are
+padded to whole vectors), a CPU with AVX-512F; the caller checks
+:func:`supports` and keeps XLA's Winograd otherwise. The sums
 run in another order than XLA's (float round-off, ~1e-6 of the output's
 max; ``tests/test_conv.py`` checks both against ``lax.conv`` and its
 ``jax.grad``). Built on first use like :mod:`supsup_jax.bitdot`
@@ -56,8 +57,8 @@ _SOURCE = r"""
 
 namespace ffi = xla::ffi;
 
-// Winograd F(2x2, 3x3) for NHWC float32, C and O multiples of 16 (one 16-lane
-// vector per 16 channels). A flat list of output 2x2 tiles (image, tile row,
+// Winograd F(2x2, 3x3) for NHWC float32, 16 channels per 16-lane vector (the
+// last one masked; the scratch rows are padded to whole vectors). A flat list of output 2x2 tiles (image, tile row,
 // tile column) is cut into blocks of TB tiles; per block the 16 transformed
 // 4x4 inputs V[16][TB][C] and the 16 products M[16][TB][O] stay in the core's
 // L2 cache, so every pass after the first read of x runs out of cache.
@@ -67,6 +68,7 @@ namespace {
 struct Geo {
   int64_t n, h, w, c;      // input
   int64_t oh, ow, o;       // output
+  int64_t cp, op;          // c, o rounded up to whole vectors
   int64_t lo_h, lo_w;      // top / left padding (may be negative)
   int64_t th, tw;          // tiles per column / row
 };
@@ -79,6 +81,10 @@ struct Buf {  // 64-byte aligned float scratch
 
 // V[xi][t][c0:c0+16] for tile t at (n, i, j): B^T d B with d the 4x4 patch at
 // input (2i - lo_h, 2j - lo_w), zero outside the image.
+static inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
 __attribute__((target("avx512f")))
 static void input_transform(const float* x, const Geo& g, int64_t t0, int64_t nt,
                             int64_t ldv, float* v) {
@@ -94,10 +100,11 @@ static void input_transform(const float* x, const Geo& g, int64_t t0, int64_t nt
                         ? x + ((img * g.h + yy) * g.w + xx) * g.c : nullptr;
       }
     for (int64_t c = 0; c < g.c; c += 16) {
+      const __mmask16 mk = tail_mask(g.c - c);
       __m512 d[4][4];
       for (int a = 0; a < 4; ++a)
         for (int b = 0; b < 4; ++b)
-          d[a][b] = row[a][b] ? _mm512_loadu_ps(row[a][b] + c) : _mm512_setzero_ps();
+          d[a][b] = row[a][b] ? _mm512_maskz_loadu_ps(mk, row[a][b] + c) : _mm512_setzero_ps();
       __m512 e[4][4];  // B^T along rows (a)
       for (int b = 0; b < 4; ++b) {
         e[0][b] = _mm512_sub_ps(d[0][b], d[2][b]);
@@ -106,7 +113,7 @@ static void input_transform(const float* x, const Geo& g, int64_t t0, int64_t nt
         e[3][b] = _mm512_sub_ps(d[1][b], d[3][b]);
       }
       for (int a = 0; a < 4; ++a) {  // ... then along columns (b)
-        float* base = v + (int64_t)(4 * a) * ldv + t * g.c + c;
+        float* base = v + (int64_t)(4 * a) * ldv + t * g.cp + c;
         _mm512_store_ps(base, _mm512_sub_ps(e[a][0], e[a][2]));
         _mm512_store_ps(base + ldv, _mm512_add_ps(e[a][1], e[a][2]));
         _mm512_store_ps(base + 2 * ldv, _mm512_sub_ps(e[a][2], e[a][1]));
@@ -137,7 +144,9 @@ static inline void micro(const float* a, int64_t lda, const float* b, int64_t ld
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + 16 * v, acc[r][v]);
 }
 
-// out (rows x ncols) (+)= A (rows x k, row stride lda, column stride 1) @ B (k x ncols).
+// out (rows x ncols) (+)= A (rows x k, row stride lda, column stride 1) @ B (k x ncols),
+// ncols a multiple of 16 (B's and out's rows are padded to whole vectors:
+// masked loads here measured 2x slower).
 template <bool ACC, int R>
 static void gemm_rows(const float* a, int64_t lda, const float* b, int64_t ldb,
                       int64_t rows, int64_t k, int64_t ncols, float* out, int64_t ldo);
@@ -186,9 +195,10 @@ static void output_transform(const float* m, int64_t ldm, const Geo& g, int64_t 
         dst[p][q] = (y0 + p < g.oh && x0 + q < g.ow)
                         ? y + ((img * g.oh + y0 + p) * g.ow + x0 + q) * g.o : nullptr;
     for (int64_t o = 0; o < g.o; o += 16) {
+      const __mmask16 mk = tail_mask(g.o - o);
       __m512 s[4][4];
       for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) s[a][b] = _mm512_load_ps(m + (4 * a + b) * ldm + t * g.o + o);
+        for (int b = 0; b < 4; ++b) s[a][b] = _mm512_load_ps(m + (4 * a + b) * ldm + t * g.op + o);
       __m512 e[2][4];  // A^T along rows: [m0 + m1 + m2, m1 - m2 - m3]
       for (int b = 0; b < 4; ++b) {
         e[0][b] = _mm512_add_ps(_mm512_add_ps(s[0][b], s[1][b]), s[2][b]);
@@ -197,8 +207,8 @@ static void output_transform(const float* m, int64_t ldm, const Geo& g, int64_t 
       for (int p = 0; p < 2; ++p) {
         const __m512 y0v = _mm512_add_ps(_mm512_add_ps(e[p][0], e[p][1]), e[p][2]);
         const __m512 y1v = _mm512_sub_ps(_mm512_sub_ps(e[p][1], e[p][2]), e[p][3]);
-        if (dst[p][0]) _mm512_storeu_ps(dst[p][0] + o, y0v);
-        if (dst[p][1]) _mm512_storeu_ps(dst[p][1] + o, y1v);
+        if (dst[p][0]) _mm512_mask_storeu_ps(dst[p][0] + o, mk, y0v);
+        if (dst[p][1]) _mm512_mask_storeu_ps(dst[p][1] + o, mk, y1v);
       }
     }
   }
@@ -218,10 +228,11 @@ static void grad_output_transform(const float* dy, const Geo& g, int64_t t0, int
         src[p][q] = (y0 + p < g.oh && x0 + q < g.ow)
                         ? dy + ((img * g.oh + y0 + p) * g.ow + x0 + q) * g.o : nullptr;
     for (int64_t o = 0; o < g.o; o += 16) {
+      const __mmask16 mk = tail_mask(g.o - o);
       __m512 d[2][2];
       for (int p = 0; p < 2; ++p)
         for (int q = 0; q < 2; ++q)
-          d[p][q] = src[p][q] ? _mm512_loadu_ps(src[p][q] + o) : _mm512_setzero_ps();
+          d[p][q] = src[p][q] ? _mm512_maskz_loadu_ps(mk, src[p][q] + o) : _mm512_setzero_ps();
       __m512 e[4][2];  // A along rows: [y0, y0 + y1, y0 - y1, -y1]
       const __m512 zero = _mm512_setzero_ps();
       for (int q = 0; q < 2; ++q) {
@@ -231,7 +242,7 @@ static void grad_output_transform(const float* dy, const Geo& g, int64_t t0, int
         e[3][q] = _mm512_sub_ps(zero, d[1][q]);
       }
       for (int a = 0; a < 4; ++a) {
-        float* base = dm + (4 * a) * ldm + t * g.o + o;
+        float* base = dm + (4 * a) * ldm + t * g.op + o;
         _mm512_store_ps(base, e[a][0]);
         _mm512_store_ps(base + ldm, _mm512_add_ps(e[a][0], e[a][1]));
         _mm512_store_ps(base + 2 * ldm, _mm512_sub_ps(e[a][0], e[a][1]));
@@ -241,10 +252,10 @@ static void grad_output_transform(const float* dy, const Geo& g, int64_t t0, int
   }
 }
 
-static int64_t block_tiles(int64_t c, int64_t o, int64_t tile_block) {
+static int64_t block_tiles(const Geo& g, int64_t tile_block) {
   if (tile_block > 0) return tile_block;
   // ~384 KB of V and M per block (a Zen 4 / Sapphire Rapids core has 1-2 MB of L2).
-  const int64_t tb = 384 * 1024 / (16 * 4 * (c + o));
+  const int64_t tb = 384 * 1024 / (16 * 4 * (g.cp + g.op));
   return std::max<int64_t>(6, tb / 6 * 6);
 }
 
@@ -259,7 +270,8 @@ static void parallel_blocks(int64_t nblocks, int64_t threads, F&& f) {
 
 static Geo make_geo(ffi::Span<const int64_t> xd, int64_t o, int64_t oh, int64_t ow,
                     int64_t lo_h, int64_t lo_w) {
-  Geo g{xd[0], xd[1], xd[2], xd[3], oh, ow, o, lo_h, lo_w, (oh + 1) / 2, (ow + 1) / 2};
+  Geo g{xd[0], xd[1], xd[2], xd[3], oh, ow, o, (xd[3] + 15) / 16 * 16, (o + 15) / 16 * 16,
+        lo_h, lo_w, (oh + 1) / 2, (ow + 1) / 2};
   return g;
 }
 
@@ -277,24 +289,30 @@ static ffi::Error WinogradFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32>
   if (xd.size() != 4 || ud.size() != 3 || yd.size() != 4 || ud[0] != 16 ||
       ud[1] != xd[3] || yd[3] != ud[2] || yd[0] != xd[0])
     return ffi::Error::InvalidArgument("x [N,H,W,C], u [16,C,O], y [N,OH,OW,O] expected");
-  if (xd[3] % 16 || ud[2] % 16) return ffi::Error::InvalidArgument("C and O must be multiples of 16");
   if (!cpu_ok()) return ffi::Error::InvalidArgument("the CPU lacks AVX-512");
   const Geo g = make_geo(xd, ud[2], yd[1], yd[2], lo_h, lo_w);
-  const int64_t total = g.n * g.th * g.tw, tb = block_tiles(g.c, g.o, tile_block);
+  const int64_t total = g.n * g.th * g.tw, tb = block_tiles(g, tile_block);
   const int64_t nblocks = (total + tb - 1) / tb;
   const float* xp = x.typed_data();
+  // u with its rows padded to whole vectors (zeros past O).
+  std::vector<float> upad;
   const float* up = u.typed_data();
+  if (g.op != g.o) {
+    upad.assign(16 * g.c * g.op, 0.f);
+    for (int64_t r = 0; r < 16 * g.c; ++r) std::copy(up + r * g.o, up + (r + 1) * g.o, upad.data() + r * g.op);
+    up = upad.data();
+  }
   float* yp = y->typed_data();
   parallel_blocks(nblocks, threads, [&](int64_t id, int64_t nthreads) {
-    Buf v(16 * tb * g.c), m(16 * tb * g.o);
+    Buf v(16 * tb * g.cp), m(16 * tb * g.op);
     const int64_t b0 = nblocks * id / nthreads, b1 = nblocks * (id + 1) / nthreads;
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t t0 = b * tb, nt = std::min(tb, total - t0);
-      input_transform(xp, g, t0, nt, tb * g.c, v.p);
+      input_transform(xp, g, t0, nt, tb * g.cp, v.p);
       for (int xi = 0; xi < 16; ++xi)
-        gemm_rows<false, 6>(v.p + xi * tb * g.c, g.c, up + xi * g.c * g.o, g.o, nt, g.c, g.o,
-                            m.p + xi * tb * g.o, g.o);
-      output_transform(m.p, tb * g.o, g, t0, nt, yp);
+        gemm_rows<false, 6>(v.p + xi * tb * g.cp, g.cp, up + xi * g.c * g.op, g.op, nt, g.c,
+                            g.op, m.p + xi * tb * g.op, g.op);
+      output_transform(m.p, tb * g.op, g, t0, nt, yp);
     }
   });
   return ffi::Error::Success();
@@ -319,18 +337,17 @@ static ffi::Error WinogradKernelGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   if (xd.size() != 4 || dd.size() != 4 || ud.size() != 3 || ud[0] != 16 ||
       ud[1] != xd[3] || ud[2] != dd[3] || dd[0] != xd[0])
     return ffi::Error::InvalidArgument("x [N,H,W,C], dy [N,OH,OW,O], du [16,C,O] expected");
-  if (xd[3] % 16 || dd[3] % 16) return ffi::Error::InvalidArgument("C and O must be multiples of 16");
   if (!cpu_ok()) return ffi::Error::InvalidArgument("the CPU lacks AVX-512");
   const Geo g = make_geo(xd, dd[3], dd[1], dd[2], lo_h, lo_w);
-  const int64_t total = g.n * g.th * g.tw, tb = block_tiles(g.c, g.o, tile_block);
+  const int64_t total = g.n * g.th * g.tw, tb = block_tiles(g, tile_block);
   const int64_t nblocks = (total + tb - 1) / tb;
   const int64_t nthreads = std::max<int64_t>(1, std::min(threads, nblocks));
-  const int64_t usize = 16 * g.c * g.o;
+  const int64_t usize = 16 * g.c * g.op;  // rows padded to whole vectors
   std::vector<float> partial(usize * nthreads, 0.f);
   const float* xp = x.typed_data();
   const float* dyp = dy.typed_data();
   parallel_blocks(nblocks, nthreads, [&](int64_t id, int64_t nt_) {
-    Buf v(16 * tb * g.c), dm(16 * tb * g.o), vt(tb * 16), group(usize);
+    Buf v(16 * tb * g.cp), dm(16 * tb * g.op), vt(tb * 16), group(usize);
     // Blocks are summed in groups of 16 first: shorter running sums, less
     // round-off than one accumulator over every tile.
     float* acc = group.p;
@@ -342,29 +359,31 @@ static ffi::Error WinogradKernelGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
         std::fill(acc, acc + usize, 0.f);
       }
       const int64_t t0 = b * tb, nt = std::min(tb, total - t0);
-      input_transform(xp, g, t0, nt, tb * g.c, v.p);
-      grad_output_transform(dyp, g, t0, nt, tb * g.o, dm.p);
+      input_transform(xp, g, t0, nt, tb * g.cp, v.p);
+      grad_output_transform(dyp, g, t0, nt, tb * g.op, dm.p);
       // du[xi] (C x O) += V[xi]^T (C x nt) @ dM[xi] (nt x O): A rows are
       // channels, with row stride 1 and reduction stride C.
       for (int xi = 0; xi < 16; ++xi) {
-        const float* vx = v.p + xi * tb * g.c;
-        float* ax = acc + xi * g.c * g.o;
-        const float* dmx = dm.p + xi * tb * g.o;
+        const float* vx = v.p + xi * tb * g.cp;
+        float* ax = acc + xi * g.c * g.op;
+        const float* dmx = dm.p + xi * tb * g.op;
         for (int64_t c0 = 0; c0 < g.c; c0 += 16) {
           // transpose a 16-channel slab of V (nt x 16) to (16 x nt) so the
           // microkernel reads each channel's row contiguously
+          const int64_t nc = std::min<int64_t>(16, g.c - c0);
           for (int64_t t = 0; t < nt; ++t)
-            for (int cc = 0; cc < 16; ++cc) vt.p[cc * tb + t] = vx[t * g.c + c0 + cc];
-          gemm_rows<true, 6>(vt.p, tb, dmx, g.o, 16, nt, g.o, ax + c0 * g.o, g.o);
+            for (int cc = 0; cc < nc; ++cc) vt.p[cc * tb + t] = vx[t * g.cp + c0 + cc];
+          gemm_rows<true, 6>(vt.p, tb, dmx, g.op, nc, nt, g.op, ax + c0 * g.op, g.op);
         }
       }
     }
     if (b1 > b0) for (int64_t j = 0; j < usize; ++j) sum[j] += acc[j];
   });
-  float* out = du->typed_data();
-  std::copy(partial.begin(), partial.begin() + usize, out);
   for (int64_t i = 1; i < nthreads; ++i)
-    for (int64_t j = 0; j < usize; ++j) out[j] += partial[i * usize + j];
+    for (int64_t j = 0; j < usize; ++j) partial[j] += partial[i * usize + j];
+  float* out = du->typed_data();
+  for (int64_t r = 0; r < 16 * g.c; ++r)
+    std::copy(partial.begin() + r * g.op, partial.begin() + r * g.op + g.o, out + r * g.o);
   return ffi::Error::Success();
 }
 
@@ -397,10 +416,10 @@ def available() -> bool:
     return _state["cpu_ok"]
 
 
-def supports(x_dtype, c_in: int, c_out: int) -> bool:
-  """Whether a conv of ``c_in`` -> ``c_out`` channels can use this kernel."""
-  return (jnp.dtype(x_dtype) == jnp.float32 and c_in % 16 == 0 and c_out % 16 == 0
-          and jax.default_backend() == "cpu" and available())
+def supports(x_dtype) -> bool:
+  """Whether a conv of ``x_dtype`` inputs can use this kernel here."""
+  return (jnp.dtype(x_dtype) == jnp.float32 and jax.default_backend() == "cpu"
+          and available())
 
 
 def _attrs(pads, tile_block):
