@@ -281,6 +281,18 @@ static bool cpu_ok() { return __builtin_cpu_supports("avx512f"); }
 
 extern "C" int supsup_winograd_cpu_ok() { return cpu_ok() ? 1 : 0; }
 
+// Both handlers: two float32 buffers, the top / left padding, threads and
+// tiles per block (0: sized for the cache), one float32 result.
+#define BIND_TWO_F32_ARGS                                      \
+  ffi::Ffi::Bind()                                             \
+      .Arg<ffi::Buffer<ffi::F32>>()                            \
+      .Arg<ffi::Buffer<ffi::F32>>()                            \
+      .Attr<int64_t>("lo_h")                                   \
+      .Attr<int64_t>("lo_w")                                   \
+      .Attr<int64_t>("threads")                                \
+      .Attr<int64_t>("tile_block")                             \
+      .Ret<ffi::Buffer<ffi::F32>>()
+
 // y[N, OH, OW, O] = conv(x[N, H, W, C], kernel) given u = G k G^T as [16, C, O].
 static ffi::Error WinogradFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u,
                                   int64_t lo_h, int64_t lo_w, int64_t threads,
@@ -318,16 +330,7 @@ static ffi::Error WinogradFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32>
   return ffi::Error::Success();
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    SupsupWinogradFwd, WinogradFwdImpl,
-    ffi::Ffi::Bind()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Attr<int64_t>("lo_h")
-        .Attr<int64_t>("lo_w")
-        .Attr<int64_t>("threads")
-        .Attr<int64_t>("tile_block")
-        .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SupsupWinogradFwd, WinogradFwdImpl, BIND_TWO_F32_ARGS);
 
 // du[16, C, O] = sum over tiles of V^T (A dY A^T): the gradient of u.
 static ffi::Error WinogradKernelGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -387,16 +390,8 @@ static ffi::Error WinogradKernelGradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   return ffi::Error::Success();
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    SupsupWinogradKernelGrad, WinogradKernelGradImpl,
-    ffi::Ffi::Bind()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>()
-        .Attr<int64_t>("lo_h")
-        .Attr<int64_t>("lo_w")
-        .Attr<int64_t>("threads")
-        .Attr<int64_t>("tile_block")
-        .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SupsupWinogradKernelGrad, WinogradKernelGradImpl,
+                              BIND_TWO_F32_ARGS);
 """
 
 _lock = threading.Lock()
