@@ -189,6 +189,12 @@ class GNuRunTest(absltest.TestCase):
       ev = evaluator.evaluate(memory, [0], 2)
       accuracy[scenario], inference_accuracy = ev.row[0], ev.inference_row[0]
       self.assertEqual(inference_accuracy, 0.0)
+      # Past the cache budget the batches are made again: same result.
+      uncached = evaluation.Evaluator(always_one, setup.stream, scenario=scenario,
+                                      num_tasks=2, batch_size=128, max_batches=3,
+                                      cache_bytes=0)
+      self.assertEqual(uncached.evaluate(memory, [0], 2).row[0], accuracy[scenario])
+      self.assertEqual((len(evaluator._cache), len(uncached._cache)), (1, 0))
     self.assertGreater(accuracy["GNs"], 0.95)
     self.assertEqual(accuracy["GNu"], 0.0)
 

@@ -44,7 +44,8 @@ class Evaluator:
   def __init__(self, learner: Learner, stream, *, scenario: str, num_tasks: int,
                batch_size: int, max_batches: int = 0, inference_examples: int = 1,
                per_example_inference: bool = False,
-               extra_inferrers: Mapping[str, Callable] | None = None):
+               extra_inferrers: Mapping[str, Callable] | None = None,
+               cache_bytes: int = 1 << 30):
     """Args:
       learner: the learner (its ``logits`` and, for GN/NN, ``infer_task``).
       stream: the task stream (``test_batches(task_id, batch_size)``).
@@ -55,6 +56,10 @@ class Evaluator:
       inference_examples: images per batch used to infer its task (0 = all).
       per_example_inference: every example infers its own task.
       extra_inferrers: ``{name: infer_task}`` also scored (not used to classify).
+      cache_bytes: test batches kept in memory across evaluations, at most
+        this many bytes (default 1 GiB); past it a task's batches are made
+        again each time (the same values). 2,500 PermutedMNIST tasks x 10
+        float batches would otherwise hold ~10 GB.
     """
     if inference_examples < 0:
       raise ValueError(f"inference_examples must be >= 0 (0 = whole batch), got "
@@ -69,6 +74,8 @@ class Evaluator:
     self.per_example = bool(per_example_inference)
     self.extra_inferrers = dict(extra_inferrers or {})
     self._cache: dict[int, list] = {}
+    self._cache_budget = int(cache_bytes)
+    self._cached_bytes = 0
 
     @jax.jit
     def count_correct(memory, task_id, images, labels):
@@ -78,7 +85,7 @@ class Evaluator:
     self._count_correct = count_correct
 
   def batches(self, task_id: int) -> list:
-    """The test batches of a task (cached for small streams)."""
+    """The test batches of a task (kept within ``cache_bytes``)."""
     if task_id in self._cache:
       return self._cache[task_id]
     batches = []
@@ -88,9 +95,10 @@ class Evaluator:
         break
     if not batches:
       raise ValueError(f"task {task_id} has no test examples to evaluate")
-    # Keep the test sets of small streams in memory across evaluations.
-    if self.num_tasks * len(batches) <= 50_000:
+    size = sum(int(x.nbytes) + int(y.nbytes) for x, y in batches)
+    if self._cached_bytes + size <= self._cache_budget:
       self._cache[task_id] = batches
+      self._cached_bytes += size
     return batches
 
   def _correct(self, memory, slot: int, images, labels) -> int:
