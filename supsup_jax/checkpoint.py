@@ -189,6 +189,13 @@ class RunCheckpointer:
         # Half-written steps of a killed save (orbax's tmp folders) are removed.
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              cleanup_tmp_directories=True))
+    # Orbax removes those folders in a background thread and joins it only at
+    # the first save; a process that just restores (or fails to) could exit
+    # with the thread still running and print its traceback at shutdown.
+    # Joining here also means no restore races the cleanup.
+    join_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+    if join_cleanup is not None:
+      join_cleanup()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -335,6 +335,21 @@ def test_no_readable_checkpoint_is_one_line_error_with_fix(tmp_path):
   assert (ckdir / "2").exists()  # nothing moved when nothing can be restored
 
 
+def test_half_written_step_is_gone_when_the_checkpointer_is_built(tmp_path):
+  # A killed save leaves orbax's tmp folder; it is removed before the
+  # checkpointer is handed out (not by a thread still running at exit).
+  _two_steps(tmp_path)
+  half = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1700000000"
+  half.mkdir()
+  (half / "partial").write_text("x")
+  c = ckpt_lib.RunCheckpointer(str(tmp_path), {"seed": 0})
+  try:
+    assert not half.exists()
+    assert c.restore()[1]["next_task"] == 2
+  finally:
+    c.close()
+
+
 def test_corrupt_checkpoint_in_a_fresh_process_prints_no_traceback(tmp_path):
   ckdir = _two_steps(tmp_path)
   for step in ("1", "2"):
