@@ -294,6 +294,13 @@ def gnu2500_chunk_task_step_ms():
   return _run_chunk_per_task_step({})
 
 
+@benchmark("gnu2500_chunk_task_step_ms_dense_input", "ms")
+def gnu2500_chunk_task_step_ms_dense_input():
+  """gnu2500_chunk_task_step_ms with the first layer's plain XLA products
+  (``model_options.sparse_input=False``, the config's default before)."""
+  return _run_chunk_per_task_step({"model_options": {"sparse_input": False}})
+
+
 @benchmark("limit_lenet500_step_matmuls_ms", "ms")
 def limit_lenet500_step_matmuls_ms():
   """Limit: the plain f32 matmuls of one LeNet (out 500) score step, batch

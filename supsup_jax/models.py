@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from supsup_jax import sparse_input
+
 ConvFn = Callable[..., jax.Array]
 
 
@@ -41,9 +43,15 @@ def _bn(train: bool, name: str | None = None) -> nn.BatchNorm:
 
 
 class MLP(nn.Module):
-  """Bias-free ReLU MLP on flattened inputs (LeNet 300-100, FC 1024-1024)."""
+  """Bias-free ReLU MLP on flattened inputs (LeNet 300-100, FC 1024-1024).
+
+  ``sparse_input=True``: the first layer's products skip each input row's
+  background entries (:mod:`supsup_jax.sparse_input`; the same function up to
+  float round-off, ~2x faster on zero-background images such as MNIST).
+  """
   hidden: Sequence[int] = (300, 100)
   num_outputs: int = 10
+  sparse_input: bool = False
 
   def __post_init__(self):
     _check_widths("hidden", self.hidden)
@@ -54,17 +62,22 @@ class MLP(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     x = x.reshape((x.shape[0], -1))
-    for width in self.hidden:
-      x = nn.relu(nn.Dense(width, use_bias=False)(x))
-    return nn.Dense(self.num_outputs, use_bias=False)(x)
+    for i, width in enumerate((*self.hidden, self.num_outputs)):
+      # (dot_general left unset otherwise: the parameters and the plain
+      # program stay exactly as before.)
+      kw = {"dot_general": sparse_input.dot_general} if self.sparse_input and i == 0 else {}
+      x = nn.Dense(width, use_bias=False, **kw)(x)
+      if i < len(self.hidden):
+        x = nn.relu(x)
+    return x
 
 
-def LeNet300100(num_outputs: int = 10) -> MLP:  # pylint: disable=invalid-name
-  return MLP(hidden=(300, 100), num_outputs=num_outputs)
+def LeNet300100(num_outputs: int = 10, **kw: Any) -> MLP:  # pylint: disable=invalid-name
+  return MLP(hidden=(300, 100), num_outputs=num_outputs, **kw)
 
 
-def FC10241024(num_outputs: int = 10) -> MLP:  # pylint: disable=invalid-name
-  return MLP(hidden=(1024, 1024), num_outputs=num_outputs)
+def FC10241024(num_outputs: int = 10, **kw: Any) -> MLP:  # pylint: disable=invalid-name
+  return MLP(hidden=(1024, 1024), num_outputs=num_outputs, **kw)
 
 
 class BNSwishMLP(nn.Module):

@@ -197,6 +197,16 @@ class GNuRunTest(absltest.TestCase):
       self.assertEqual((len(evaluator._cache), len(uncached._cache)), (1, 0))
     self.assertGreater(accuracy["GNs"], 0.95)
     self.assertEqual(accuracy["GNu"], 0.0)
+    # Batches are classified stacked (one call per shape): the same counts as
+    # one call per batch, a short last batch included.
+    whole = evaluation.Evaluator(learner, setup.stream, scenario="GG", num_tasks=2,
+                                 batch_size=300)
+    batches = whole.batches(1)
+    self.assertGreater(len({b[0].shape for b in batches}), 1)
+    per_batch = [whole._correct(memory, 0, x, y) for x, y in batches]
+    np.testing.assert_array_equal(whole._correct_per_batch(memory, 0, batches), per_batch)
+    self.assertEqual(whole.task_given_accuracy(memory, 1, slot=0),
+                     sum(per_batch) / sum(len(y) for _, y in batches))
 
 
 class ResumeTest(absltest.TestCase):

@@ -8,6 +8,8 @@ XLA's fused matmuls measured ~20 % slower than its plain ones for this net).
 Evaluation uses 10 test batches per task (the paper reports a figure only).
 Ten tasks train at once (vmap) and the 2,500-row bank is saved every 10
 minutes at a task end (and after each evaluation), not after every task.
+The first layer skips the images' background pixels (``sparse_input``: the
+same products up to float round-off, ~2x faster for that layer on a CPU).
 """
 from launch.configs import gnu_permuted_mnist_lenet
 
@@ -23,4 +25,5 @@ def get_config():
   c.log_every_steps = 1000
   c.tasks_in_parallel = 10
   c.checkpoint_every_minutes = 10.0
+  c.model_options.sparse_input = True
   return c

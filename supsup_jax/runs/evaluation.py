@@ -22,6 +22,10 @@ import numpy as np
 
 from supsup_jax.learner import Learner
 
+# Images per stacked classification call, at most (a LeNet test batch of 128
+# is 0.4 MB, a CIFAR one 1.5 MB; 224 x 224 ImageNet batches go one by one).
+_STACK_BYTES = 64 << 20
+
 
 @dataclasses.dataclass
 class Evaluation:
@@ -82,7 +86,13 @@ class Evaluator:
       logits = learner.logits(memory, task_id, images)
       return jnp.sum(jnp.argmax(logits[:, :learner.num_classes], -1) == labels)
 
+    @jax.jit
+    def count_correct_stacked(memory, task_id, images, labels):
+      """[n] correct per batch of images [n, B, ...], labels [n, B], one slot."""
+      return jax.vmap(lambda x, y: count_correct(memory, task_id, x, y))(images, labels)
+
     self._count_correct = count_correct
+    self._count_correct_stacked = count_correct_stacked
 
   def batches(self, task_id: int) -> list:
     """The test batches of a task (kept within ``cache_bytes``)."""
@@ -104,15 +114,44 @@ class Evaluator:
   def _correct(self, memory, slot: int, images, labels) -> int:
     return int(self._count_correct(memory, jnp.int32(slot), images, labels))
 
+  def _correct_per_batch(self, memory, slot: int, batches) -> np.ndarray:
+    """Correct predictions in each of ``batches`` with learner slot ``slot``.
+
+    Batches of one shape are stacked and classified in one call (up to
+    ``_STACK_BYTES`` of images per call), not one call and one host sync
+    per batch: the same per-example logits, ~4x less time per task for
+    LeNet-sized batches (the 2,500-task run evaluates 7,910 tasks).
+    """
+    out = [None] * len(batches)
+    groups: dict[tuple, list[int]] = {}
+    for i, (images, _) in enumerate(batches):
+      groups.setdefault(tuple(images.shape), []).append(i)
+    pending = []
+    for shape, idx in groups.items():
+      per_call = max(1, _STACK_BYTES // max(1, int(np.prod(shape)) * 4))
+      for k in range(0, len(idx), per_call):
+        part = idx[k:k + per_call]
+        if len(part) == 1:
+          images, labels = batches[part[0]]
+          pending.append((part, self._count_correct(memory, jnp.int32(slot), images,
+                                                    labels)[None]))
+          continue
+        images = jnp.stack([batches[i][0] for i in part])
+        labels = jnp.stack([batches[i][1] for i in part])
+        pending.append((part, self._count_correct_stacked(memory, jnp.int32(slot),
+                                                          images, labels)))
+    for part, counts in pending:  # one host sync per call, after all are issued
+      for i, c in zip(part, np.asarray(counts)):
+        out[i] = int(c)
+    return np.asarray(out, np.int64)
+
   def task_given_accuracy(self, memory, task_id: int, slot: int | None = None) -> float:
     """Accuracy on task ``task_id``'s test split with learner slot ``slot``
     (default: the task itself)."""
     slot = task_id if slot is None else slot
-    correct = total = 0
-    for images, labels in self.batches(task_id):
-      correct += self._correct(memory, slot, images, labels)
-      total += int(labels.shape[0])
-    return correct / total
+    batches = self.batches(task_id)
+    total = sum(int(labels.shape[0]) for _, labels in batches)
+    return int(self._correct_per_batch(memory, slot, batches).sum()) / total
 
   def evaluate(self, memory, tasks: Sequence[int], num_learned: int,
                slot_task: Sequence[int] | None = None) -> Evaluation:
@@ -173,11 +212,12 @@ class Evaluator:
         correct += self._correct(memory, int(s), images[sel], labels[sel])
       total = int(labels.shape[0])
     else:
-      total = 0
-      for (images, labels), s, ok in zip(batches, slots, right_task):
-        total += int(labels.shape[0])
-        if strict and not ok:
-          continue
-        correct += self._correct(memory, int(s), images, labels)
+      total = sum(int(labels.shape[0]) for _, labels in batches)
+      for s in np.unique(slots):
+        sel = [i for i in range(len(batches))
+               if slots[i] == s and (right_task[i] or not strict)]
+        if sel:
+          correct += int(self._correct_per_batch(memory, int(s),
+                                                 [batches[i] for i in sel]).sum())
     return correct / total, float(np.mean(right_task))
 
