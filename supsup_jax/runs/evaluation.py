@@ -119,16 +119,17 @@ class Evaluator:
 
     Batches of one shape are stacked and classified in one call (up to
     ``_STACK_BYTES`` of images per call), not one call and one host sync
-    per batch: the same per-example logits, ~4x less time per task for
-    LeNet-sized batches (the 2,500-task run evaluates 7,910 tasks).
+    per batch: the same per-example logits, ~2x less time per task for
+    LeNet-sized batches (17 -> 8 ms for ten batches of 128 at 2,500 tasks;
+    the 2,500-task run evaluates 7,910 tasks).
     """
     out = [None] * len(batches)
     groups: dict[tuple, list[int]] = {}
     for i, (images, _) in enumerate(batches):
       groups.setdefault(tuple(images.shape), []).append(i)
     pending = []
-    for shape, idx in groups.items():
-      per_call = max(1, _STACK_BYTES // max(1, int(np.prod(shape)) * 4))
+    for idx in groups.values():
+      per_call = max(1, _STACK_BYTES // max(1, int(batches[idx[0]][0].nbytes)))
       for k in range(0, len(idx), per_call):
         part = idx[k:k + per_call]
         if len(part) == 1:
