@@ -496,15 +496,6 @@ def rows_matmul(rows: jax.Array, g: jax.Array, num_rows=None, *,
   return _rows_matmul_xla(rows, g, num_rows, packed=packed, block=block)
 
 
-def rows_matmul_uses_kernel(rows: jax.Array, packed: bool) -> bool:
-  """Whether :func:`rows_matmul` on these rows runs the compiled CPU kernel."""
-  if not (packed and rows.ndim == 2 and rows.dtype == jnp.uint8
-          and jax.default_backend() == "cpu"):
-    return False
-  from supsup_jax import bitdot  # pylint: disable=import-outside-toplevel
-  return bitdot.available()
-
-
 def _rows_matmul_xla(rows, g, num_rows, *, packed: bool, block: int):
   capacity, num_bits = rows.shape[0], g.shape[1]
   if capacity % block:

@@ -13,10 +13,7 @@ accumulator as the masked FMA ``acc * 1 + g``, the same rounded sum, so
 AMD Zen 4's FMA pipes share the adds: ~1.3x). This module compiles
 that loop (4 rows share each load of ``g``, 8 independent accumulators, rows
 split over the cores) as an XLA FFI custom call, so it runs inside ``jit``
-with no copy of the bank. With N vectors at once (``rows_matmul``) only the
-16-bit words where a vector is nonzero are visited, in groups of 6 vectors
-chosen to overlap: one-shot inference of single images passes gradients
-that are 0 on most words (``supsup_jax.inference``).
+with no copy of the bank.
 
 The C++ source is embedded below and built on first use with the system C++
 compiler into ``$SUPSUP_CACHE_DIR/bitdot`` (default
@@ -170,17 +167,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 // Several vectors at once: out[r, u] = sum_k bit_k(row r) * gp[u][k].
 // Column blocks of 256 16-bit words (4,096 bits) keep every unit's slice of
 // gp in L2; per block, 4 rows x U units of accumulators stay in registers.
-// Only the words where one of the U units' gp is nonzero are visited
-// (`words`): a single image's gradient is 0 on inactive ReLUs' rows and, once
-// inference subtracts a reference row, on the input's background pixels.
-// Each mask word feeds U units' adds (moving bits into a mask register is
-// the costly part: per-unit word lists measured ~3x slower per word).
 template <int U>
 __attribute__((target("avx512f,avx512bw")))
 static void block_avx512(const uint8_t* rows, int64_t nbytes, const float* gp,
                          int64_t gstride, int64_t r0, int64_t r1, int64_t u0,
-                         int64_t nunits, const int32_t* words, int64_t nw, float* out) {
-  if (nw == 0) return;
+                         int64_t nunits, int64_t w0, int64_t w1, float* out) {
   const int64_t full = nbytes / 2;  // whole 16-bit words
   for (int64_t r = r0; r < r1; r += 4) {
     const int nr = (int)std::min<int64_t>(4, r1 - r);
@@ -189,8 +180,7 @@ static void block_avx512(const uint8_t* rows, int64_t nbytes, const float* gp,
     __m512 acc[4][U];
     for (int i = 0; i < 4; ++i)
       for (int u = 0; u < U; ++u) acc[i][u] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < nw; ++k) {
-      const int64_t w = words[k];
+    for (int64_t w = w0; w < w1; ++w) {
       __mmask16 m[4];
       for (int i = 0; i < 4; ++i) {
         uint16_t v = 0;
@@ -242,103 +232,44 @@ static ffi::Error RowsMatmulImpl(ffi::Buffer<ffi::U8> rows, ffi::Buffer<ffi::F32
   std::fill(o, o + cap * nunits, 0.f);
   const int64_t nwords = (nbytes + 1) / 2;
   const int64_t gstride = 16 * nwords;
-  // Units in groups of up to 6 (the widest register tile) whose nonzero words
-  // overlap most (greedy), so that a group's word lists stay short; the
-  // vectors are copied in that order and the results put back.
-  const float* gd = g.typed_data();
-  const int64_t nset = (nwords + 63) / 64;
-  std::vector<uint64_t> nzset(nunits * nset, 0);
-  for (int64_t u = 0; u < nunits; ++u)
-    for (int64_t i = 0; i < nbits; ++i)
-      if (gd[u * nbits + i] != 0.f) nzset[u * nset + i / 1024] |= uint64_t(1) << (i / 16 % 64);
-  std::vector<int64_t> order;
-  {
-    std::vector<char> used(nunits, 0);
-    std::vector<uint64_t> uni(nset);
-    for (int64_t left = nunits; left > 0;) {
-      int64_t seed = 0;
-      while (used[seed]) ++seed;
-      used[seed] = 1; --left; order.push_back(seed);
-      std::copy(&nzset[seed * nset], &nzset[seed * nset] + nset, uni.begin());
-      for (int k = 1; k < 6 && left > 0; ++k) {
-        int64_t best = -1, best_new = 0;
-        for (int64_t u = 0; u < nunits; ++u) {
-          if (used[u]) continue;
-          int64_t added = 0;
-          for (int64_t q = 0; q < nset; ++q)
-            added += __builtin_popcountll(nzset[u * nset + q] & ~uni[q]);
-          if (best < 0 || added < best_new) { best = u; best_new = added; }
-        }
-        used[best] = 1; --left; order.push_back(best);
-        for (int64_t q = 0; q < nset; ++q) uni[q] |= nzset[best * nset + q];
-      }
-    }
-  }
   std::vector<float> gp(gstride * nunits, 0.f);
+  const float* gd = g.typed_data();
   for (int64_t u = 0; u < nunits; ++u)
     for (int64_t i = 0; i < nbits; ++i)
-      gp[u * gstride + (i & ~int64_t(7)) + 7 - (i & 7)] = gd[order[u] * nbits + i];
-  std::vector<float> ordered_out(cap * nunits, 0.f);
-  float* const final_out = o;
-  o = ordered_out.data();
+      gp[u * gstride + (i & ~int64_t(7)) + 7 - (i & 7)] = gd[u * nbits + i];
   const bool avx512 = !portable && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512bw");
   const int64_t WB = 256;
-  const int64_t nblocks = (nwords + WB - 1) / WB;
-  // Unit groups of up to 6 (the widest register tile), and per block and
-  // group the words where one of the group's vectors is nonzero.
-  std::vector<int64_t> group_start;
-  for (int64_t u0 = 0; u0 < nunits; u0 += 6) group_start.push_back(u0);
-  const int64_t ngroups = (int64_t)group_start.size();
-  std::vector<int64_t> list_start(nblocks * ngroups + 1, 0);
-  std::vector<int32_t> words;
-  words.reserve(nwords * ngroups);
-  for (int64_t b = 0; b < nblocks; ++b) {
-    for (int64_t gi = 0; gi < ngroups; ++gi) {
-      const int64_t u0 = group_start[gi], u1 = std::min(nunits, u0 + 6);
-      for (int64_t w = b * WB; w < std::min(nwords, (b + 1) * WB); ++w) {
-        bool nz = false;
-        for (int64_t u = u0; u < u1 && !nz; ++u)
-          for (int k = 0; k < 16; ++k) nz |= gp[u * gstride + 16 * w + k] != 0.f;
-        if (nz) words.push_back((int32_t)w);
-      }
-      list_start[b * ngroups + gi + 1] = (int64_t)words.size();
-    }
-  }
   auto run = [&](int64_t r0, int64_t r1) {
-    for (int64_t b = 0; b < nblocks; ++b) {
-      const int64_t w0 = b * WB, w1 = std::min(nwords, w0 + WB);
+    for (int64_t w0 = 0; w0 < nwords; w0 += WB) {
+      const int64_t w1 = std::min(nwords, w0 + WB);
       if (!avx512) {
         block_generic(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, nunits, w0, w1, o);
         continue;
       }
-      for (int64_t gi = 0; gi < ngroups; ++gi) {
-        const int64_t u0 = group_start[gi];
-        const int32_t* wl = words.data() + list_start[b * ngroups + gi];
-        const int64_t nw = list_start[b * ngroups + gi + 1] - list_start[b * ngroups + gi];
-        switch (std::min<int64_t>(6, nunits - u0)) {
-          case 6: block_avx512<6>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, wl, nw, o); break;
-          case 5: block_avx512<5>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, wl, nw, o); break;
-          case 4: block_avx512<4>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, wl, nw, o); break;
-          case 3: block_avx512<3>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, wl, nw, o); break;
-          case 2: block_avx512<2>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, wl, nw, o); break;
-          case 1: block_avx512<1>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, wl, nw, o); break;
-          default: break;
-        }
+      int64_t u0 = 0;
+      for (; u0 + 6 <= nunits; u0 += 6)
+        block_avx512<6>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, w0, w1, o);
+      switch (nunits - u0) {
+        case 5: block_avx512<5>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, w0, w1, o); break;
+        case 4: block_avx512<4>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, w0, w1, o); break;
+        case 3: block_avx512<3>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, w0, w1, o); break;
+        case 2: block_avx512<2>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, w0, w1, o); break;
+        case 1: block_avx512<1>(rows.typed_data(), nbytes, gp.data(), gstride, r0, r1, u0, nunits, w0, w1, o); break;
+        default: break;
       }
     }
   };
-  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, n / 32));
+  int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, n / 32));
+  if (t == 1) { run(0, n); return ffi::Error::Success(); }
   std::vector<std::thread> pool;
   const int64_t per = ((n + t - 1) / t + 3) / 4 * 4;
   for (int64_t i = 1; i < t; ++i) {
     const int64_t r0 = i * per, r1 = std::min(n, r0 + per);
     if (r0 < r1) pool.emplace_back(run, r0, r1);
   }
-  run(0, t == 1 ? n : std::min(n, per));
+  run(0, std::min(n, per));
   for (auto& th : pool) th.join();
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t u = 0; u < nunits; ++u) final_out[r * nunits + order[u]] = o[r * nunits + u];
   return ffi::Error::Success();
 }
 

@@ -34,7 +34,6 @@ Objectives (``objective=``):
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Mapping
 
 import jax
@@ -103,14 +102,6 @@ def superposed_objective(masked: MaskedModel, weights, stacked_masks, alphas,
 def effective_weight_grad(masked: MaskedModel, weights, mixed_masks: Mapping,
                           images, objective: str, batch_stats=None) -> dict:
   """G = (d obj / d W_eff) * W at W_eff = W * mixed_masks, over maskable leaves."""
-  grad_eff, w_masked = _grad_effective(masked, weights, mixed_masks, images, objective,
-                                       batch_stats)
-  return jax.tree.map(jnp.multiply, grad_eff, w_masked)
-
-
-def _grad_effective(masked: MaskedModel, weights, mixed_masks: Mapping, images,
-                    objective: str, batch_stats=None):
-  """(d obj / d W_eff, W) over the masked leaves, at W_eff = W * mixed_masks."""
   maskable = tree_lib.maskable_subtree(weights)
   paths = set(tree_lib.flatten(mixed_masks))
   w_masked = {p: v for p, v in tree_lib.flatten(maskable).items() if p in paths}
@@ -128,7 +119,8 @@ def _grad_effective(masked: MaskedModel, weights, mixed_masks: Mapping, images,
     return objective_value(logits, objective, masked.num_classes)
 
   effective = jax.tree.map(jnp.multiply, w_masked, dict(mixed_masks))
-  return jax.grad(obj)(effective), w_masked
+  grad_eff = jax.grad(obj)(effective)
+  return jax.tree.map(jnp.multiply, grad_eff, w_masked)
 
 
 @functools.partial(jax.jit, static_argnames=("masked", "layout", "objective",
@@ -204,139 +196,6 @@ def _alpha_grads_units(masked, layout, weights, rows, counts, num_tasks, alive,
   return out.T
 
 
-# One-shot inference of single images on the CPU kernel: the reference-row
-# form. For a unit of one image, a dense layer's d obj / d W_eff is the outer
-# product x (x) delta, so every row c whose input x[c] takes the same value is
-# the same row: the background pixels of an image (~80 % of MNIST's rows, a
-# nonzero value after normalisation) and the inactive ReLUs (0) of hidden
-# layers. With r the most common row of a 2-D leaf's gradient and
-# colsum_t[j] = sum_c M_t[c, j] W[c, j] (per stored mask, once per call),
-#   <M_t, W * D> = <M_t, W * (D - 1 r^T)> + r . colsum_t        (exact),
-# and D - 1 r^T is exactly 0 on those rows (equal floats, subtracted in a
-# program of their own so that XLA cannot recompute either side), which the
-# kernel skips word by word (supsup_jax.bitdot; a single MNIST image's
-# gradient is then 0 on ~70 % of the 16-bit words). Any r gives the same sum
-# up to round-off.
-
-
-def _mode_row(grad: jax.Array) -> jax.Array:
-  """``grad [rows, cols]``: the row that most rows equal (exactly), found on
-  the column of largest absolute sum (rows differing there differ)."""
-  col = grad[:, jnp.argmax(jnp.sum(jnp.abs(grad), axis=0))]
-  ordered = jnp.sort(col)
-  starts = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
-  run = jnp.cumsum(starts) - 1
-  length = jax.ops.segment_sum(jnp.ones_like(run), run, num_segments=col.shape[0])
-  value = ordered[jnp.argmax(starts & (length[run] == jnp.max(length)))]
-  return grad[jnp.argmax(col == value)]
-
-
-def _two_d(layout) -> list[int]:
-  """Indices of the layout's 2-D leaves (dense kernels)."""
-  return [i for i, shape in enumerate(layout.shapes) if len(shape) == 2]
-
-
-@functools.partial(jax.jit, static_argnames=("layout", "block"))
-def _masked_column_sums(layout, w_flat, rows, num_tasks, block: int = 64):
-  """``[capacity, sum of 2-D leaves' columns]``: per stored mask and column j
-  of each 2-D leaf, ``sum_c M[c, j] W[c, j]`` (0 past ``num_tasks``)."""
-  leaves = _two_d(layout)
-  width = sum(layout.shapes[i][1] for i in leaves)
-  capacity = rows.shape[0]
-  if capacity % block:
-    rows = jnp.pad(rows, ((0, block - capacity % block), (0, 0)))
-
-  def body(i, out):
-    rb = jax.lax.dynamic_slice_in_dim(rows, i * block, block)
-    parts = []
-    for leaf in leaves:
-      (n_in, n_out), off = layout.shapes[leaf], layout.offsets[leaf]
-      b0, b1 = off // 8, (off + n_in * n_out + 7) // 8
-      bits = jnp.unpackbits(rb[:, b0:b1], axis=1)[:, off - 8 * b0:off - 8 * b0 + n_in * n_out]
-      w = w_flat[off:off + n_in * n_out].reshape(n_in, n_out)
-      parts.append(jnp.einsum("bio,io->bo", bits.reshape(block, n_in, n_out).astype(
-          jnp.float32), w, precision=jax.lax.Precision.HIGHEST))
-    sums = jnp.concatenate(parts, axis=1)
-    valid = (i * block + jnp.arange(block)) < num_tasks
-    return jax.lax.dynamic_update_slice_in_dim(out, jnp.where(valid[:, None], sums, 0),
-                                               i * block, 0)
-
-  out = jnp.zeros((rows.shape[0], width), jnp.float32)
-  out = jax.lax.fori_loop(0, (num_tasks + block - 1) // block, body, out)
-  return out[:capacity]
-
-
-@functools.partial(jax.jit, static_argnames=("masked", "layout", "objective"))
-def _unit_effective_grads(masked, layout, weights, counts, num_tasks, images_many,
-                          batch_stats, objective):
-  """``[N, num_bits]``: d obj / d W_eff at the uniform superposition, one
-  unit per leading index of ``images_many``."""
-  mean = layout.unflatten(counts.astype(jnp.float32) / num_tasks)
-
-  def unit(images):
-    grad_eff, _ = _grad_effective(masked, weights, mean, images, objective, batch_stats)
-    return layout.flatten(grad_eff)
-
-  return jax.vmap(unit)(images_many)
-
-
-def _masked_weights_flat(layout, weights) -> jax.Array:
-  """``[num_bits]``: the weights under the masks, in the bank's order."""
-  flat = tree_lib.flatten(weights)
-  return layout.flatten(tree_lib.unflatten({p: flat[p] for p in layout.paths}))
-
-
-@functools.partial(jax.jit, static_argnames=("layout",))
-def _reference_row_products(layout, grad_eff, w_flat, rows, num_tasks, column_sums):
-  """``[N, capacity]`` alpha-gradients from ``grad_eff [N, num_bits]`` in the
-  reference-row form (see above)."""
-  parts, refs = [], []
-  for i, (shape, off) in enumerate(zip(layout.shapes, layout.offsets)):
-    size = int(np.prod(shape))
-    d = grad_eff[:, off:off + size]
-    if i in _two_d(layout):
-      d = d.reshape(-1, *shape)
-      r = jax.vmap(_mode_row)(d)                                  # [N, cols]
-      d = (d - r[:, None, :]).reshape(-1, size)
-      refs.append(r)
-    parts.append(d)
-  g = jnp.concatenate(parts, axis=1) * w_flat
-  out = bank_lib.rows_matmul(rows, g, num_tasks)                 # [capacity, N]
-  out = out + jnp.matmul(column_sums, jnp.concatenate(refs, axis=1).T,
-                         precision=jax.lax.Precision.HIGHEST)
-  return out.T
-
-
-# The last bank's column sums: an evaluation asks the same bank about every
-# task in turn. Weak references, so a new bank (or weight tree) is never
-# confused with a dead one whose id was reused.
-_last_sums: list = []
-
-
-def _reference_sums(state, weights):
-  """``(w_flat, column_sums)`` of the reference-row form for this bank."""
-  leaves = [state.rows, state.num_tasks, *jax.tree.leaves(weights)]
-  if all(checks.is_concrete(x) for x in leaves):
-    if _last_sums and len(_last_sums[0]) == len(leaves) and all(
-        r() is x for r, x in zip(_last_sums[0], leaves)):
-      return _last_sums[1]
-  w_flat = _masked_weights_flat(state.layout, weights)
-  sums = (w_flat, _masked_column_sums(state.layout, w_flat, state.rows,
-                                      state.num_tasks.astype(jnp.int32)))
-  if all(checks.is_concrete(x) for x in leaves):
-    try:
-      _last_sums[:] = [[weakref.ref(x) for x in leaves], sums]
-    except TypeError:  # a leaf that cannot be weakly referenced: no memo
-      _last_sums[:] = []
-  return sums
-
-
-def _uses_reference_rows(state, images_many, all_alive: bool) -> bool:
-  """The reference-row form pays (single images, CPU kernel, a dense leaf)."""
-  return (all_alive and images_many.shape[1] == 1 and bool(_two_d(state.layout))
-          and bank_lib.rows_matmul_uses_kernel(state.rows, state.packed))
-
-
 def _unpack_rows_per_block(num_bits: int, block: int) -> int:
   """Rows unpacked at once: at most ``block`` and ~128 MB of float32."""
   rows = block
@@ -377,14 +236,7 @@ def _refuse_nonfinite(weights, images, batch_stats) -> None:
 
 
 def _units_call(masked, weights, state, k, images_many, alive, objective,
-                batch_stats, block, reference=None):
-  if reference is not None:  # single images on the CPU kernel (see above)
-    w_flat, column_sums = reference
-    grad_eff = _unit_effective_grads(masked, state.layout, weights, state.counts,
-                                     state.num_tasks.astype(jnp.float32), images_many,
-                                     batch_stats, objective)
-    return _reference_row_products(state.layout, grad_eff, w_flat, state.rows,
-                                   state.num_tasks.astype(jnp.int32), column_sums)[:, :k]
+                batch_stats, block):
   block = _unpack_rows_per_block(state.layout.num_bits, block)
   all_alive = alive is None
   if all_alive:
@@ -463,12 +315,10 @@ def alpha_grads_many(masked: MaskedModel, weights, bank, images_many: jax.Array,
   """
   state, k = _check_bank(bank, objective, images_many, num_tasks)
   _check_units(images_many)
-  reference = (_reference_sums(state, weights)
-               if _uses_reference_rows(state, images_many, True) else None)
   try:
     out = jnp.concatenate([
         _units_call(masked, weights, state, k, images_many[i:i + unit_chunk], None,
-                    objective, batch_stats, block, reference)
+                    objective, batch_stats, block)
         for i in range(0, images_many.shape[0], unit_chunk)])
   except InputShapeError as e:
     raise _restate_shape(e, images_many) from None

@@ -23,11 +23,6 @@ def _setup(outputs=10, classes=10):
   return model, weights, masked
 
 
-def bitdot_available() -> bool:
-  from supsup_jax import bitdot  # pylint: disable=import-outside-toplevel
-  return jax.default_backend() == "cpu" and bitdot.available()
-
-
 def _random_masks(weights, seed):
   return masks_lib.masks_from_scores(
       masks_lib.init_scores(weights, jax.random.key(seed)), "threshold")
@@ -192,39 +187,6 @@ class AlphaGradientTest(parameterized.TestCase):
                                       objective=objective)
     np.testing.assert_allclose(many[0], reference, rtol=1e-3,
                                atol=1e-4 * float(jnp.max(jnp.abs(reference))))
-
-  def test_single_image_units_equal_jax_grad_in_the_reference_row_form(self):
-    """One image per unit on the CPU kernel: gradients rebuilt from the rows
-    that differ from each dense layer's most common row plus per-mask column
-    sums (exact up to round-off); against jax.grad, for two banks in turn
-    (the second must not reuse the first's column sums)."""
-    _, weights, masked = _setup(30)
-    rng = np.random.default_rng(0)
-    x = np.full((5, 1, 28, 28, 1), -0.42, np.float32)  # a background, as MNIST's
-    fg = rng.random(x.shape) < 0.2
-    x[fg] = rng.standard_normal(int(fg.sum()))
-    x = jnp.asarray(x)
-    for seed in (0, 100):
-      bank = bank_lib.MaskBank(weights)
-      for s in range(9):
-        bank.add(_random_masks(weights, seed + s))
-      if bitdot_available():
-        self.assertTrue(inference._uses_reference_rows(bank_lib.as_state(bank), x, True))
-      many = inference.alpha_grads_many(masked, weights, bank, x, objective="g")
-      stacked = bank.stacked()
-      for u in range(x.shape[0]):
-        reference = jax.grad(lambda a, u=u: inference.superposed_objective(
-            masked, weights, stacked, a, x[u], "g"))(jnp.full((9,), 1.0 / 9))
-        np.testing.assert_allclose(many[u], reference, rtol=0,
-                                   atol=1e-4 * float(jnp.max(jnp.abs(reference))))
-
-  def test_mode_row_is_the_most_common_row(self):
-    x = np.array([3., 1., 3., 2., 3., 1.], np.float32)
-    delta = np.array([0., -2., 5.], np.float32)
-    grad = jnp.asarray(np.outer(x, delta))
-    np.testing.assert_array_equal(jax.jit(inference._mode_row)(grad), 3 * delta)
-    hidden = jnp.asarray(np.outer([0., 4., 0., 0.], delta))  # inactive ReLUs: 0
-    np.testing.assert_array_equal(inference._mode_row(hidden), np.zeros(3))
 
   def test_superposition_of_one_mask_is_that_mask(self):
     model, weights, masked = _setup()

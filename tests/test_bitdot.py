@@ -104,26 +104,6 @@ def test_rows_matmul_matches_float64(num_units, portable):
 
 
 @needs_kernel
-def test_rows_matmul_skips_zero_words_exactly():
-  """Vectors that are 0 on most 16-bit words (each its own pattern, one all
-  zero; 13 units: greedy groups of 6, 6 and 1): the same as float64, and
-  each unit's result does not depend on the others passed with it."""
-  rows, _ = _case(70, 8 * 700 + 5, seed=9)
-  rng = np.random.default_rng(10)
-  g = rng.standard_normal((13, 8 * 700 + 5)).astype(np.float32)
-  words = rng.random((13, (g.shape[1] + 15) // 16)) < 0.25
-  g *= np.repeat(words, 16, axis=1)[:, :g.shape[1]]
-  g[4] = 0.0
-  bits = np.unpackbits(rows, axis=1, count=g.shape[1]).astype(np.float64)
-  call = jax.jit(lambda r, g: bitdot.rows_matmul(r, g, jnp.int32(70)))
-  out = np.asarray(call(rows, g))
-  np.testing.assert_allclose(out, bits @ g.astype(np.float64).T, rtol=0, atol=_tol(g[0]))
-  assert not out[:, 4].any()
-  alone = np.stack([np.asarray(call(rows, g[u:u + 1]))[:, 0] for u in (0, 7, 12)], 1)
-  np.testing.assert_array_equal(out[:, [0, 7, 12]], alone)
-
-
-@needs_kernel
 def test_bank_rows_matmul_equals_dense_and_its_grad():
   rows, _ = _case(64, 999, seed=6)
   g = jnp.asarray(np.random.default_rng(7).standard_normal((3, 999)), jnp.float32)

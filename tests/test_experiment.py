@@ -197,24 +197,6 @@ class GNuRunTest(absltest.TestCase):
       self.assertEqual((len(evaluator._cache), len(uncached._cache)), (1, 0))
     self.assertGreater(accuracy["GNs"], 0.95)
     self.assertEqual(accuracy["GNu"], 0.0)
-    # Several tasks' units go to the inferrer in one call: the same rows as
-    # one task at a time, with an inferrer whose answer depends on the unit.
-    calls = []
-
-    def by_content(memory, n, units):
-      calls.append(len(units))
-      return np.asarray(jnp.argmax(units.reshape(len(units), -1), axis=1) % 2)
-
-    by_unit = dataclasses.replace(learner, infer_task=by_content)
-    evaluator = evaluation.Evaluator(by_unit, setup.stream, scenario="GNu", num_tasks=2,
-                                     batch_size=128, max_batches=3)
-    together = evaluator.evaluate(memory, [0, 1], 2)
-    self.assertEqual(calls, [6])
-    apart = [evaluator.evaluate(memory, [j], 2) for j in (0, 1)]
-    self.assertEqual(together.row, [apart[0].row[0], apart[1].row[1]])
-    self.assertEqual(together.inference_row,
-                     [apart[0].inference_row[0], apart[1].inference_row[1]])
-    self.assertNotIn(together.inference_row[0], (0.0, 1.0))  # the units differ
     # Batches are classified stacked (one call per shape): the same counts as
     # one call per batch, a short last batch included.
     whole = evaluation.Evaluator(learner, setup.stream, scenario="GG", num_tasks=2,

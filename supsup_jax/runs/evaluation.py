@@ -25,8 +25,6 @@ from supsup_jax.learner import Learner
 # Images per stacked classification call, at most (a LeNet test batch of 128
 # is 0.4 MB, a CIFAR one 1.5 MB; 224 x 224 ImageNet batches go one by one).
 _STACK_BYTES = 64 << 20
-# Units (test batches) inferred per call at most, over consecutive tasks.
-_INFER_UNITS = 640
 
 
 @dataclasses.dataclass
@@ -171,41 +169,15 @@ class Evaluator:
     inf_row: list[float | None] = [None] * self.num_tasks
     slot_task = np.arange(num_learned) if slot_task is None else np.asarray(slot_task)
     other: dict[str, list[float]] = {}
-    for block in self._task_blocks(tasks):
-      # One inference call for a block of tasks' units: the learner's
-      # per-call work (e.g. a pass over the mask bank per chunk of units)
-      # is shared by many tasks instead of repeated for each.
-      units = [self._units(batches) for _, batches in block]
-      flat = [u for us in units for u in us]
-      slots = self._infer(self.learner.infer_task, memory, num_learned, flat)
-      others = {name: self._infer(fn, memory, num_learned, flat)
-                for name, fn in self.extra_inferrers.items()}
-      start = 0
-      for (j, batches), task_units in zip(block, units):
-        part = slice(start, start + len(task_units))
-        start += len(task_units)
-        row[j], inf_row[j] = self._score(memory, j, batches, slots[part], slot_task)
-        for name, inferred in others.items():
-          other.setdefault(name, []).append(float(np.mean(slot_task[inferred[part]] == j)))
-    return Evaluation(row, inf_row, {k: float(np.mean(v)) for k, v in other.items()})
-
-  def _task_blocks(self, tasks: Sequence[int]):
-    """Yields lists of consecutive ``(task, batches)``: up to ``_INFER_UNITS``
-    test batches and ``4 * _STACK_BYTES`` of them held at once (one task per
-    block when each example infers its own task)."""
-    block, count, held = [], 0, 0
     for j in tasks:
       batches = self.batches(j)
-      size = sum(int(x.nbytes) + int(y.nbytes) for x, y in batches)
-      if block and (self.per_example or count + len(batches) > _INFER_UNITS
-                    or held + size > 4 * _STACK_BYTES):
-        yield block
-        block, count, held = [], 0, 0
-      block.append((j, batches))
-      count += len(batches)
-      held += size
-    if block:
-      yield block
+      units = self._units(batches)
+      slots = self._infer(self.learner.infer_task, memory, num_learned, units)
+      row[j], inf_row[j] = self._score(memory, j, batches, slots, slot_task)
+      for name, fn in self.extra_inferrers.items():
+        other.setdefault(name, []).append(float(np.mean(
+            slot_task[self._infer(fn, memory, num_learned, units)] == j)))
+    return Evaluation(row, inf_row, {k: float(np.mean(v)) for k, v in other.items()})
 
   def _units(self, batches) -> list:
     """Images each inference sees (a list of [n, ...] arrays)."""
