@@ -301,6 +301,35 @@ def gnu2500_chunk_task_step_ms_dense_input():
   return _run_chunk_per_task_step({"model_options": {"sparse_input": False}})
 
 
+@benchmark("gnu2500_eval_ms_per_task", "ms")
+def gnu2500_eval_ms_per_task():
+  """The 2,500-task run's evaluation as the loop runs it, at 2,500 stored
+  (random) masks: ms per evaluated task (10 test batches, each inferring its
+  task from its first image; 40 tasks per repeat). The evaluation after
+  2,500 tasks is 2,500 x this."""
+  from launch.configs import gnu_permuted_mnist_2500  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
+  from supsup_jax.runs import evaluation  # pylint: disable=import-outside-toplevel
+  config = gnu_permuted_mnist_2500.get_config()
+  setup = experiment.build(config)
+  memory = setup.learner.init_memory()
+  filled = random_bank(memory["weights"], 2500).state
+  memory["bank"] = memory["bank"].replace(
+      rows=memory["bank"].rows.at[:2500].set(filled.rows[:2500]), counts=filled.counts,
+      num_tasks=filled.num_tasks)
+  evaluator = evaluation.Evaluator(setup.learner, setup.stream, scenario="GNu",
+                                   num_tasks=2500, batch_size=config.batch_size,
+                                   max_batches=config.eval_batches_per_task,
+                                   inference_examples=config.inference_examples)
+  evaluator.evaluate(memory, range(40), 2500)  # compile, cache the test batches
+  times = []
+  for _ in range(3):
+    t0 = time.perf_counter()
+    evaluator.evaluate(memory, range(40), 2500)
+    times.append((time.perf_counter() - t0) * 1e3 / 40)
+  return Stats(statistics.median(times), min(times), max(times), 0.0)
+
+
 @benchmark("limit_lenet500_step_matmuls_ms", "ms")
 def limit_lenet500_step_matmuls_ms():
   """Limit: the plain f32 matmuls of one LeNet (out 500) score step, batch

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from supsup_jax.data import byte_gather
 from supsup_jax.data import sources
 from supsup_jax.data import transforms as T
 
@@ -286,6 +287,9 @@ class PermutedStream(InMemoryStream):
     # a CPU (docs/guide/benchmarks.md). Indices are in range by construction
     # (idx < n, the permutation < H*W*C), so the gather skips its clamping.
     d = int(np.prod(x_uint8.shape[1:]))
+    if byte_gather.available():  # the same bytes, a compiled loop (~10x XLA's)
+      pixels = byte_gather.gather(x_uint8.reshape(-1, d), idx, self.pixel_permutation(task_id))
+      return pixels.reshape((idx.shape[0], *x_uint8.shape[1:])), True
     if x_uint8.size >= 2**31:  # flat int32 offsets would overflow
       return super()._take_images(x_uint8, task_id, idx)
     offsets = idx[:, None] * d + self.pixel_permutation(task_id)[None, :]
