@@ -18,8 +18,10 @@ uses it whenever it is available.
 
 Leading (``vmap``) dimensions are passed whole (``vmap_method="expand_dims"``,
 broadcast per dimension): the images are shared by all tasks of a vmapped
-chunk, indices and permutations are per task. Off the CPU, without a C++
-compiler, or with ``SUPSUP_BYTE_GATHER_KERNEL=0``, :func:`available` is False.
+chunk, indices and permutations are per task. The call has no sharding
+rule: on a device mesh XLA runs it on whole operands (correct; whether it
+still pays there is unmeasured). Off the CPU, without a C++ compiler, or
+with ``SUPSUP_BYTE_GATHER_KERNEL=0``, :func:`available` is False.
 """
 from __future__ import annotations
 

@@ -287,7 +287,7 @@ class PermutedStream(InMemoryStream):
     # a CPU (docs/guide/benchmarks.md). Indices are in range by construction
     # (idx < n, the permutation < H*W*C), so the gather skips its clamping.
     d = int(np.prod(x_uint8.shape[1:]))
-    if byte_gather.available():  # the same bytes, a compiled loop (~10x XLA's)
+    if byte_gather.available():  # the same bytes, 2-4x faster than XLA's gather
       pixels = byte_gather.gather(x_uint8.reshape(-1, d), idx, self.pixel_permutation(task_id))
       return pixels.reshape((idx.shape[0], *x_uint8.shape[1:])), True
     if x_uint8.size >= 2**31:  # flat int32 offsets would overflow
