@@ -2,8 +2,13 @@
 one-shot task inference over a bit-packed bank, and PermutedMNIST input."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -254,22 +259,77 @@ def permuted_mnist_batches_per_s():
   return Stats(statistics.median(rates), min(rates), max(rates), 0.0)
 
 
-def _run_chunk_per_task_step(config_overrides: dict, num_steps: int = 100):
-  """ms per task-step of the run loop's own jitted chunk (data, step, scan)."""
+def _config_2500(overrides: dict):
   from launch.configs import gnu_permuted_mnist_2500  # pylint: disable=import-outside-toplevel
-  from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
   config = gnu_permuted_mnist_2500.get_config()
-  config.update(config_overrides)
+  config.update(overrides)
+  return config
+
+
+def _config_devices(config) -> int:
+  """The CPU devices the run of ``config`` would split the host into (1 off
+  the CPU: the flag only splits the host platform)."""
+  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != "cpu":
+    return 1
+  return xla_flags.cpu_device_count(config.cpu_devices, config.tasks_in_parallel)
+
+
+def _on_config_devices(fn_name: str, overrides: dict):
+  """Runs ``fn_name(overrides)`` (a function of this module returning Stats)
+  on the devices the run would use: in this process if its CPU is split as
+  the config asks, else in a subprocess whose CPU is (XLA's device count is
+  fixed when JAX starts). None: run it here."""
+  want = _config_devices(_config_2500(overrides))
+  if want == jax.local_device_count():
+    return None
+  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if not f.startswith(xla_flags.DEVICE_COUNT_FLAG))
+  xla_flags.apply_cpu_defaults(env)
+  xla_flags.split_cpu(want, env)
+  out = subprocess.run(
+      [sys.executable, "-m", "benchmarks.bench_gn", fn_name, json.dumps(overrides)],
+      capture_output=True, text=True, env=env, timeout=3600,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if out.returncode != 0:
+    raise RuntimeError(f"{fn_name} on {want} CPU devices failed:\n{out.stderr[-4000:]}")
+  return Stats(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _placed(config, learner, memory, data, state):
+  """Memory, data and stacked task states on the config's mesh, as the run
+  places them (unchanged on one device)."""
+  from supsup_jax import distributed  # pylint: disable=import-outside-toplevel
+  mesh = distributed.mesh_from_config(config)
+  if mesh.size == 1:
+    return None, memory, data, state
+  memory = (learner.place_memory(memory, mesh) if learner.place_memory is not None
+            else distributed.place_replicated(memory, mesh))
+  return (mesh, memory, distributed.place_replicated(data, mesh),
+          distributed.place_tasks(state, mesh))
+
+
+def _run_chunk_per_task_step(config_overrides: dict, num_steps: int = 100):
+  """ms per task-step of the run loop's own jitted chunk (data, step, scan),
+  on the devices and mesh the run would use."""
+  elsewhere = _on_config_devices("_run_chunk_per_task_step", config_overrides)
+  if elsewhere is not None:
+    return elsewhere
+  from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
+  config = _config_2500(config_overrides)
   setup = experiment.build(config)
   learner, parallel = setup.learner, int(config.tasks_in_parallel)
-  chunk = experiment.make_chunk_fn(learner, setup.stream, config.batch_size,
-                                   parallel=parallel > 1)
   memory = learner.init_memory()
   states = [learner.init_task(memory, t, experiment.task_key(config.seed, t))
             for t in range(parallel)]
   state = experiment.stack(states) if parallel > 1 else states[0]
+  mesh, memory, data, state = _placed(config, learner, memory, setup.stream.device_arrays,
+                                      state)
+  chunk = experiment.make_chunk_fn(learner, setup.stream, config.batch_size,
+                                   parallel=parallel > 1, mesh=mesh)
   ids = jnp.arange(parallel, dtype=jnp.int32) if parallel > 1 else jnp.int32(0)
-  data = setup.stream.device_arrays
   holder = [state, 0]
 
   def call():
@@ -290,8 +350,17 @@ def _run_chunk_per_task_step(config_overrides: dict, num_steps: int = 100):
 def gnu2500_chunk_task_step_ms():
   """The 2,500-task run's training as the loop runs it (LeNet out 500, 10
   tasks vmapped, PermutedMNIST batches made in the jitted scan): ms per
-  task-step. x 2.5 M task-steps = the run's training time."""
+  task-step, on the devices the run uses (on a CPU: one per core, each
+  training its share of the tasks; ``config.cpu_devices``). x 2.5 M
+  task-steps = the run's training time."""
   return _run_chunk_per_task_step({})
+
+
+@benchmark("gnu2500_chunk_task_step_ms_one_device", "ms")
+def gnu2500_chunk_task_step_ms_one_device():
+  """gnu2500_chunk_task_step_ms on one CPU device whose operations use all
+  cores (``cpu_devices=1``, the config's default before)."""
+  return _run_chunk_per_task_step({"cpu_devices": 1, "mesh": [["data", -1]]})
 
 
 @benchmark("gnu2500_chunk_task_step_ms_dense_input", "ms")
@@ -301,22 +370,23 @@ def gnu2500_chunk_task_step_ms_dense_input():
   return _run_chunk_per_task_step({"model_options": {"sparse_input": False}})
 
 
-@benchmark("gnu2500_eval_ms_per_task", "ms")
-def gnu2500_eval_ms_per_task():
-  """The 2,500-task run's evaluation as the loop runs it, at 2,500 stored
-  (random) masks: ms per evaluated task (10 test batches, each inferring its
-  task from its first image; 40 tasks per repeat). The evaluation after
-  2,500 tasks is 2,500 x this."""
-  from launch.configs import gnu_permuted_mnist_2500  # pylint: disable=import-outside-toplevel
+def _eval_ms_per_task(config_overrides: dict):
+  """ms per evaluated task of the run's evaluation at 2,500 stored (random)
+  masks, on the devices and mesh the run would use (the bank's rows split
+  over them)."""
+  elsewhere = _on_config_devices("_eval_ms_per_task", config_overrides)
+  if elsewhere is not None:
+    return elsewhere
   from supsup_jax.runs import continual as experiment  # pylint: disable=import-outside-toplevel
   from supsup_jax.runs import evaluation  # pylint: disable=import-outside-toplevel
-  config = gnu_permuted_mnist_2500.get_config()
+  config = _config_2500(config_overrides)
   setup = experiment.build(config)
   memory = setup.learner.init_memory()
   filled = random_bank(memory["weights"], 2500).state
   memory["bank"] = memory["bank"].replace(
       rows=memory["bank"].rows.at[:2500].set(filled.rows[:2500]), counts=filled.counts,
       num_tasks=filled.num_tasks)
+  _, memory, _, _ = _placed(config, setup.learner, memory, {}, {})
   evaluator = evaluation.Evaluator(setup.learner, setup.stream, scenario="GNu",
                                    num_tasks=2500, batch_size=config.batch_size,
                                    max_batches=config.eval_batches_per_task,
@@ -328,6 +398,21 @@ def gnu2500_eval_ms_per_task():
     evaluator.evaluate(memory, range(40), 2500)
     times.append((time.perf_counter() - t0) * 1e3 / 40)
   return Stats(statistics.median(times), min(times), max(times), 0.0)
+
+
+@benchmark("gnu2500_eval_ms_per_task", "ms")
+def gnu2500_eval_ms_per_task():
+  """The 2,500-task run's evaluation as the loop runs it, at 2,500 stored
+  (random) masks: ms per evaluated task (10 test batches, each inferring its
+  task from its first image; 40 tasks per repeat), on the run's devices. The
+  evaluation after 2,500 tasks is 2,500 x this."""
+  return _eval_ms_per_task({})
+
+
+@benchmark("gnu2500_eval_ms_per_task_one_device", "ms")
+def gnu2500_eval_ms_per_task_one_device():
+  """gnu2500_eval_ms_per_task on one CPU device (``cpu_devices=1``)."""
+  return _eval_ms_per_task({"cpu_devices": 1, "mesh": [["data", -1]]})
 
 
 @benchmark("limit_lenet500_step_matmuls_ms", "ms")
@@ -351,3 +436,10 @@ def limit_lenet500_step_matmuls_ms():
     return out, grads, back
 
   return lambda: matmuls(ws, x, d)
+
+
+if __name__ == "__main__":
+  # ``python -m benchmarks.bench_gn FN OVERRIDES_JSON``: one measurement in a
+  # process whose CPU is split as the config asks (see _on_config_devices).
+  _fn = globals()[sys.argv[1]]
+  print(json.dumps(dataclasses.asdict(_fn(json.loads(sys.argv[2])))))

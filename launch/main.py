@@ -44,6 +44,11 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.load_config(_CONFIG)
+  try:  # also before JAX starts its backend
+    xla_flags.split_cpu(xla_flags.cpu_device_count(
+        config.get("cpu_devices", 1), config.get("tasks_in_parallel", 1)))
+  except ValueError as e:
+    cli.fail(str(e))
   workdir = _WORKDIR.value
   logging.get_absl_handler().python_handler.stream = sys.stdout
   logging.set_verbosity(logging.INFO)

@@ -404,11 +404,12 @@ def available() -> bool:
 
 
 def default_threads() -> int:
-  """Threads per call: ``$SUPSUP_BITDOT_THREADS``, else the usable cores."""
+  """Threads per call: ``$SUPSUP_BITDOT_THREADS``, else the usable cores
+  shared among the CPU devices (:func:`supsup_jax.ffi_build.threads_per_call`)."""
   env = os.environ.get("SUPSUP_BITDOT_THREADS")
   if env:
     return max(1, int(env))
-  return ffi_build.usable_cores()
+  return ffi_build.threads_per_call()
 
 
 def rows_dot(rows: jax.Array, flat_g: jax.Array, num_rows, *,

@@ -84,3 +84,15 @@ def usable_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)))
   except AttributeError:  # not Linux
     return max(1, os.cpu_count() or 1)
+
+
+def threads_per_call() -> int:
+  """Threads one kernel call may use: the usable cores shared among the
+  process's CPU devices. A CPU split into devices (``config.cpu_devices``)
+  runs one program per device at once, so a kernel spawning a thread per
+  core on each of them would oversubscribe the cores."""
+  try:
+    devices = jax.local_device_count("cpu")
+  except RuntimeError:  # no CPU backend
+    devices = 1
+  return max(1, usable_cores() // max(1, devices))

@@ -178,8 +178,11 @@ def _sharded_grads(masked, layout, weights, rows, counts, num_tasks, alive, imag
   def local_dot(rows_l, g, n):
     size = rows_l.shape[0]
     n_local = jnp.clip(n - jax.lax.axis_index(axes) * size, 0, size)
-    # One unit at a time: bounds rows_dot's temporaries to one unit's.
-    return jax.lax.map(lambda gu: bank_lib.rows_dot(rows_l, gu, n_local, packed=packed), g)
+    # All units in one pass over the device's rows, as on one device
+    # (``inference``): on a CPU the masked-add kernel reads each row once for
+    # every unit; elsewhere ``block`` rows are unpacked at a time.
+    unpack = inference._unpack_rows_per_block(layout.num_bits, block)  # pylint: disable=protected-access
+    return bank_lib.rows_matmul(rows_l, g, n_local, packed=packed, block=unpack).T
 
   return jax.shard_map(local_dot, mesh=mesh, in_specs=(row_spec(mesh), P(), P()),
                        out_specs=P(None, axes), check_vma=False)(

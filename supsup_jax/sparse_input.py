@@ -314,7 +314,7 @@ def combine(a: jax.Array, m: jax.Array) -> jax.Array:
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((*a.shape[:-1], m.shape[-1]),
                                                        jnp.float32),
                           vmap_method="expand_dims")
-  return call(a, m, threads=np.int64(ffi_build.usable_cores()),
+  return call(a, m, threads=np.int64(ffi_build.threads_per_call()),
               vecs_per_block=np.int64(_VECS_PER_BLOCK))
 
 

@@ -420,7 +420,7 @@ def supports(x_dtype) -> bool:
 def _attrs(pads, tile_block):
   (lo_h, _), (lo_w, _) = pads
   return dict(lo_h=np.int64(lo_h), lo_w=np.int64(lo_w),
-              threads=np.int64(ffi_build.usable_cores()),
+              threads=np.int64(ffi_build.threads_per_call()),
               tile_block=np.int64(tile_block))
 
 

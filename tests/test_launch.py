@@ -74,6 +74,43 @@ class LauncherErrorsTest(absltest.TestCase):
     self.assertIn(missing, result.stderr)
     self.assertNotIn("Traceback", result.stderr)
 
+  def test_bad_cpu_devices_is_one_line_error(self):
+    result = _launch("--config=launch/configs/gnu_permuted_mnist_2500.py",
+                     f"--workdir={self.create_tempdir().full_path}",
+                     "--config.cpu_devices=-1")
+    self.assertEqual(result.returncode, 2, result.stderr[-2000:])
+    self.assertIn("error: config.cpu_devices=-1 must be an int >= 1, or 0 for one device "
+                  "per core", result.stderr)
+    self.assertNotIn("Traceback", result.stderr)
+
+
+class SplitCpuTest(absltest.TestCase):
+
+  def test_split_cpu_run_equals_one_device_run(self):
+    """The 2,500-task config's CPU split (two devices, a "tasks" mesh, each
+    device training its own task): the same accuracy matrix, bit for bit, as
+    one device running both tasks."""
+    import json  # pylint: disable=import-outside-toplevel
+    data = os.environ.get("SUPSUP_DATA_DIR", "")
+    if not os.path.isdir(os.path.join(data, "mnist")):
+      self.skipTest(f"MNIST not found under SUPSUP_DATA_DIR={data!r}")
+    common = ["--config=launch/configs/gnu_permuted_mnist_2500.py", "--config.num_tasks=2",
+              "--config.tasks_in_parallel=2", "--config.iterations_per_task=40",
+              "--config.eval_batches_per_task=2"]
+    results = {}
+    for name, extra in (("split", ["--config.cpu_devices=2"]),
+                        ("one", ["--config.cpu_devices=1", "--config.mesh=[('data', -1)]"])):
+      workdir = self.create_tempdir().full_path
+      out = _launch(*common, f"--workdir={workdir}", *extra)
+      self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+      with open(os.path.join(workdir, "results.json")) as f:
+        results[name] = json.load(f)
+    self.assertEqual(results["split"]["device_count"], 2)
+    self.assertEqual(results["split"]["mesh"]["axes"], [["tasks", 2]])
+    self.assertEqual(results["one"]["device_count"], 1)
+    self.assertEqual(results["split"]["accuracy_matrix"], results["one"]["accuracy_matrix"])
+    self.assertGreater(min(results["one"]["accuracy_matrix"][-1]), 0.2)  # chance: 0.1
+
 
 if __name__ == "__main__":
   absltest.main()

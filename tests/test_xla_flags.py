@@ -40,6 +40,34 @@ def test_flags_are_known_to_this_xla_and_reach_the_backend():
 
 
 
+def test_cpu_device_count_rule_and_bad_values():
+  import pytest  # pylint: disable=import-outside-toplevel
+  # 0: one device per core, at most tasks_in_parallel and dividing it.
+  assert xla_flags.cpu_device_count(0, 10, cores=2) == 2
+  assert xla_flags.cpu_device_count(0, 10, cores=4) == 2   # 4 and 3 do not divide 10
+  assert xla_flags.cpu_device_count(0, 10, cores=16) == 10
+  assert xla_flags.cpu_device_count(0, 3, cores=2) == 1
+  assert xla_flags.cpu_device_count(0, 1, cores=8) == 1
+  assert xla_flags.cpu_device_count(3, 10, cores=2) == 3   # asked for: as asked
+  for bad in (-1, 1.5, True, "2"):
+    with pytest.raises(ValueError, match=r"config.cpu_devices=.* must be an int >= 1, or 0"):
+      xla_flags.cpu_device_count(bad, 10)
+
+
+def test_split_cpu_adds_the_count_once_and_never_over_the_user():
+  env = {}
+  out = xla_flags.split_cpu(2, env, cores=2).split()
+  assert out == ["--xla_force_host_platform_device_count=2",
+                 "--xla_cpu_multi_thread_eigen=false"]  # a device per core
+  assert xla_flags.split_cpu(2, env, cores=2).split() == out  # idempotent
+  # Fewer devices than cores: XLA's matmuls keep their threads.
+  assert xla_flags.split_cpu(2, {}, cores=8) == "--xla_force_host_platform_device_count=2"
+  user = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  assert xla_flags.split_cpu(2, user, cores=2) == "--xla_force_host_platform_device_count=8"
+  none = {}
+  assert xla_flags.split_cpu(1, none, cores=2) == "" and "XLA_FLAGS" not in none
+
+
 def test_fast_conv_rule():
   import pytest  # pylint: disable=import-outside-toplevel
   from supsup_jax import conv  # pylint: disable=import-outside-toplevel

@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.epochs_per_task = 0.0        # used when iterations_per_task == 0
   c.tasks_in_parallel = 1        # GG: train this many tasks at once (vmap)
   c.mesh = (("data", -1),)      # device mesh: ("tasks"|"data", size); -1 = the rest
+  c.cpu_devices = 1              # CPU: split the host into this many devices (0 = one per core dividing tasks_in_parallel)
   # Evaluation.
   c.eval_after_tasks = ()        # extra evaluation points; the last task always
   c.test_batch_size = 128

@@ -10,6 +10,11 @@ Ten tasks train at once (vmap) and the 2,500-row bank is saved every 10
 minutes at a task end (and after each evaluation), not after every task.
 The first layer skips the images' background pixels (``sparse_input``: the
 same products up to float round-off, ~2x faster for that layer on a CPU).
+On a CPU the host is split into one device per core (``cpu_devices=0``) and
+each device trains its share of the ten tasks (mesh ``("tasks", -1)``): the
+same numbers, ~25 % faster than one device using all cores. On several
+accelerators ``tasks_in_parallel`` must be a multiple of their count (or set
+``--config.mesh="[('data', -1)]"``).
 """
 from launch.configs import gnu_permuted_mnist_lenet
 
@@ -26,4 +31,6 @@ def get_config():
   c.tasks_in_parallel = 10
   c.checkpoint_every_minutes = 10.0
   c.model_options.sparse_input = True
+  c.cpu_devices = 0
+  c.mesh = (("tasks", -1),)
   return c

@@ -229,4 +229,4 @@ def gather(x: jax.Array, idx: jax.Array, perm: jax.Array) -> jax.Array:
                                                        jnp.uint8),
                           vmap_method="expand_dims")
   return call(x, idx.astype(jnp.int32), perm.astype(jnp.int32),
-              threads=np.int64(ffi_build.usable_cores()))
+              threads=np.int64(ffi_build.threads_per_call()))
