@@ -7,13 +7,14 @@ per unit) and one product of every stored mask with G (see
 :mod:`supsup_jax.inference`). The second pass is the one that grows with the
 number of tasks; here the bank's rows ``[capacity, bytes]`` are split along
 the task axis over all devices of a mesh and the pass runs where the rows
-are: ``shard_map`` over the rows, :func:`supsup_jax.bank.rows_dot` on each
-device's own block. Only per-task scalars (4 bytes per task and unit) ever
-leave a device; the rows are never gathered, so a bank larger than one
-device's memory works. The argmin (one-shot) is taken over the sharded
-gradients by the compiler; binary rounds keep per unit the half of the
-candidates with the smallest gradient, the new mean mask of the survivors
-being a per-shard sum followed by a ``psum`` across shards.
+are: ``shard_map`` over the rows, :func:`supsup_jax.bank.rows_matmul` on each
+device's own block (all units of a call in one pass over it). Only per-task
+scalars (4 bytes per task and unit) ever leave a device; the rows are never
+gathered, so a bank larger than one device's memory works. The argmin
+(one-shot) is taken over the sharded gradients by the compiler; binary
+rounds keep per unit the half of the candidates with the smallest gradient,
+the new mean mask of the survivors being a per-shard sum followed by a
+``psum`` across shards.
 
 Everything that is not the bank (weights, BN statistics, images, G) is
 replicated: G is computed identically on every device.
@@ -35,6 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from supsup_jax import bank as bank_lib
+from supsup_jax import checks
 from supsup_jax import distributed
 from supsup_jax import inference
 from supsup_jax.masked_model import MaskedModel
@@ -61,6 +63,65 @@ def rows_mesh(bank) -> Mesh | None:
   if not sharding.is_equivalent_to(row_sharding(sharding.mesh), rows.ndim):
     return None
   return sharding.mesh
+
+
+def units_mesh(bank) -> Mesh | None:
+  """The mesh a bank is wholly copied on (replicated over more than one
+  device), or None: decides at call time whether one-shot inference splits
+  the units over the devices (:func:`alpha_grads_by_units`)."""
+  rows = bank_lib.as_state(bank).rows
+  sharding = getattr(rows, "sharding", None)
+  if (not isinstance(sharding, NamedSharding) or sharding.mesh.size == 1
+      or not sharding.is_fully_replicated):
+    return None
+  return sharding.mesh
+
+
+@functools.partial(jax.jit, static_argnames=("masked", "layout", "objective", "packed",
+                                              "mesh", "block"))
+def _grads_by_units(masked, layout, weights, rows, counts, num_tasks, images_many,
+                    batch_stats, objective, packed, mesh, block):
+  axes = tuple(mesh.axis_names)
+
+  def local(weights, rows, counts, num_tasks, images, batch_stats):
+    return inference._alpha_grads_units(  # pylint: disable=protected-access
+        masked, layout, weights, rows, counts, num_tasks, jnp.zeros((1, 1), bool), images,
+        batch_stats, objective, packed, block, True)
+
+  return jax.shard_map(local, mesh=mesh, check_vma=False,
+                       in_specs=(P(), P(), P(), P(), P(axes), P()), out_specs=P(axes))(
+                           weights, rows, counts, num_tasks, images_many, batch_stats)
+
+
+def alpha_grads_by_units(masked: MaskedModel, weights, bank, images_many, mesh: Mesh, *,
+                         objective: str = "entropy", batch_stats=None,
+                         num_tasks: int | None = None) -> jax.Array:
+  """Alpha-gradients ``[N, num_tasks]`` of N units ``[N, n, ...]`` at the
+  uniform superposition of a bank copied whole on every device of ``mesh``
+  (:func:`units_mesh`): the units are split over the devices (padded to a
+  multiple of their count with copies of the first), each device computing
+  its units' gradients and their products with the whole bank. The same
+  numbers as :func:`supsup_jax.inference.alpha_grads_many`.
+
+  Where the devices share one memory (a CPU split into one device per core)
+  a copy per device costs nothing extra to read, and every device is busy
+  whatever the bank's fill; rows split by task index (:func:`shard`) leave
+  all but the first devices idle until the bank fills past their block.
+  """
+  state, k = inference._check_bank(bank, objective, images_many, num_tasks)  # pylint: disable=protected-access
+  inference._check_units(images_many)  # pylint: disable=protected-access
+  n, d = images_many.shape[0], mesh.size
+  if n % d:
+    images_many = jnp.concatenate(
+        [images_many, jnp.broadcast_to(images_many[:1], (d - n % d, *images_many.shape[1:]))])
+  block = inference._unpack_rows_per_block(state.layout.num_bits, 64)  # pylint: disable=protected-access
+  grads = _grads_by_units(masked, state.layout, weights, state.rows, state.counts,
+                          state.num_tasks.astype(jnp.float32), images_many, batch_stats,
+                          objective, state.packed, mesh, block)
+  grads = distributed.gathered(grads)[:n, :k]
+  if checks.is_concrete(grads) and not checks.all_finite(grads):
+    inference._refuse_nonfinite(weights, images_many, batch_stats)  # pylint: disable=protected-access
+  return grads
 
 
 def _capacity_for(capacity: int, mesh: Mesh) -> int:

@@ -186,7 +186,46 @@ def case_inference(args):
       "binary_ref": inference.binary_many(masked, weights, bank, images).tolist(),
       "binary": si.binary_many(masked, weights, sharded, images, mesh).tolist(),
       "all_gather_in_bank_pass": "all-gather" in hlo,
+      **_units_checks(masked, weights, bank, images, mesh, ref),
   }
+
+
+def _units_checks(masked, weights, bank, images, mesh, ref):
+  """The bank copied on all 8 devices, the 6 units split over them (padded
+  to 8): the same gradients; and SupSup laid out that way
+  (``bank_split="units"``) infers the same tasks as on one device."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from supsup_jax import distributed  # pylint: disable=import-outside-toplevel
+  from supsup_jax import sharded_inference as si  # pylint: disable=import-outside-toplevel
+  from supsup_jax.methods import supsup  # pylint: disable=import-outside-toplevel
+  copied = distributed.place_replicated(bank, mesh)
+  got = si.alpha_grads_by_units(masked, weights, copied, images, mesh)
+  learner = supsup.make(masked, weights, optax.sgd(0.1), capacity=bank.capacity,
+                        bank_split="units")
+  memory = learner.init_memory()
+  memory["bank"] = bank
+  placed = learner.place_memory(memory, mesh)
+  return {
+      "units_mesh": si.units_mesh(copied) is not None and si.rows_mesh(copied) is None,
+      "units_mesh_one": si.units_mesh(bank) is None,
+      "units_shape": list(np.shape(got)),
+      "units_max_abs_diff": float(np.max(np.abs(np.asarray(got) - ref))),
+      "units_placed_copied": bool(placed["bank"].rows.sharding.is_fully_replicated),
+      "units_learner": np.asarray(learner.infer_task(placed, bank.num_tasks, images)).tolist(),
+      "units_learner_one": np.asarray(learner.infer_task(memory, bank.num_tasks, images)).tolist(),
+      "units_rejects_bad_split": _raises(lambda: supsup.make(
+          masked, weights, optax.sgd(0.1), capacity=2, bank_split="cols")),
+  }
+
+
+def _raises(fn) -> str:
+  try:
+    fn()
+  except ValueError as e:
+    return str(e)
+  return ""
 
 
 def _sharded_learner_checks():
@@ -420,6 +459,12 @@ def test_sharded_inference_matches_unsharded(tmp_path):
   assert out["binary"] == out["binary_ref"]
   assert len(set(out["oneshot"])) > 1  # distinct answers: the identity is not vacuous
   assert not out["all_gather_in_bank_pass"]  # the rows never leave their device
+  # bank_split="units": whole bank per device, units split over the devices.
+  assert out["units_mesh"] and out["units_mesh_one"] and out["units_placed_copied"]
+  assert out["units_shape"] == [6, 21]  # the padding units dropped
+  assert out["units_max_abs_diff"] <= 1e-5 * out["scale"] + 1e-7, out
+  assert out["units_learner"] == out["units_learner_one"] == out["oneshot_ref"]
+  assert out["units_rejects_bad_split"] == "bank_split 'cols' unknown; allowed: rows, units"
 
 
 def test_gn_on_a_mesh_infers_where_the_bank_rows_are(tmp_path):

@@ -12,7 +12,9 @@ The first layer skips the images' background pixels (``sparse_input``: the
 same products up to float round-off, ~2x faster for that layer on a CPU).
 On a CPU the host is split into one device per core (``cpu_devices=0``) and
 each device trains its share of the ten tasks (mesh ``("tasks", -1)``): the
-same numbers, ~25 % faster than one device using all cores. On several
+same numbers, ~25 % faster than one device using all cores. Each device
+holds the whole bank and infers its share of the test batches' tasks
+(``supsup.bank_split="units"``: all devices busy at every evaluation). On several
 accelerators ``tasks_in_parallel`` must be a multiple of their count (or set
 ``--config.mesh="[('data', -1)]"``).
 """
@@ -33,4 +35,5 @@ def get_config():
   c.model_options.sparse_input = True
   c.cpu_devices = 0
   c.mesh = (("tasks", -1),)
+  c.supsup.bank_split = "units"
   return c

@@ -62,7 +62,7 @@ def _stack_zeros(tree, capacity: int):
 def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
          initial_batch_stats=None, transfer: bool = False, keep_scores: bool = False,
          inference_algorithm: str = "oneshot", inference_objective: str = "entropy",
-         detect_seed: int = 0, provenance=None) -> Learner:
+         detect_seed: int = 0, provenance=None, bank_split: str = "rows") -> Learner:
   """The SupSup learner over ``masked`` and its frozen ``weights``.
 
   Args:
@@ -83,6 +83,13 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     provenance: where ``weights`` come from when not from the seed
       (:attr:`supsup_jax.pretrained.Pretrained.provenance`), for results.json
       and the resume check.
+    bank_split: how ``place_memory`` lays the bank out on a mesh of several
+      devices: ``"rows"`` (its rows split over the devices, each bank pass
+      where the rows are: a bank larger than one device's memory works) or
+      ``"units"`` (a whole copy on every device; one-shot inference splits
+      the test units over the devices instead, each reading the whole bank:
+      every device busy however full the bank is; for devices that share
+      memory, a CPU split into one device per core).
 
   Returns:
     The learner; memory as in the module docstring (bank rows and per-task
@@ -109,6 +116,8 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
     raise ValueError(f"inference_algorithm {inference_algorithm!r} unknown; allowed: "
                      f"{', '.join(inference.ALGORITHMS)}")
   inference.check_objective(inference_objective)
+  if bank_split not in BANK_SPLITS:
+    raise ValueError(f"bank_split {bank_split!r} unknown; allowed: {', '.join(BANK_SPLITS)}")
   initial_batch_stats = dict(initial_batch_stats or {})
   template = masks_lib.init_scores(weights, jax.random.key(0))
   layout = bank_lib.Layout.from_tree(template)
@@ -162,10 +171,12 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
   def place_memory(memory, mesh):
     """On a mesh of several devices the bank's rows are split over all of
     them (each device holds capacity / devices rows; inference runs where
-    the rows are); everything else is replicated."""
+    the rows are), unless ``bank_split="units"``; everything else is
+    replicated."""
     out = distributed.place_replicated(
         {k: v for k, v in memory.items() if k != "bank"}, mesh)
-    out["bank"] = (sharded_inference.shard(memory["bank"], mesh) if mesh.size > 1
+    out["bank"] = (sharded_inference.shard(memory["bank"], mesh)
+                   if mesh.size > 1 and bank_split == "rows"
                    else distributed.place_replicated(memory["bank"], mesh))
     return out
 
@@ -181,6 +192,13 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
               else sharded_inference.binary_many)
         return fn(masked, memory["weights"], memory["bank"], images_many, mesh,
                   objective=objective, num_tasks=num_learned)
+      mesh = sharded_inference.units_mesh(memory["bank"])
+      if mesh is not None and inference_algorithm == "oneshot":
+        # A whole bank on every device: the units are split over them.
+        grads = sharded_inference.alpha_grads_by_units(
+            masked, memory["weights"], memory["bank"], images_many, mesh,
+            objective=objective, num_tasks=num_learned)
+        return np.asarray(jnp.argmin(grads, axis=-1))
       if inference_algorithm == "oneshot":
         grads = inference.alpha_grads_many(masked, memory["weights"], memory["bank"],
                                            images_many, objective=objective,
@@ -267,17 +285,21 @@ def make(masked: MaskedModel, weights, optimizer, *, capacity: int,
 SUPSUP_DEFAULTS = {
     "transfer": False,    # a task's scores start from the mean of the finished tasks'
     "keep_scores": None,  # None -> only when num_tasks <= 20 (memory)
+    "bank_split": "rows",  # on a mesh: "rows" (rows over the devices) | "units" (see make)
 }
+BANK_SPLITS = ("rows", "units")
 
 
 def read_config(config) -> dict:
-  """``config.supsup`` validated: ``{"transfer": bool, "keep_scores": bool}``
-  (``keep_scores`` None -> ``config.num_tasks <= 20``)."""
+  """``config.supsup`` validated: ``{"transfer": bool, "keep_scores": bool,
+  "bank_split": "rows" | "units"}`` (``keep_scores`` None ->
+  ``config.num_tasks <= 20``)."""
   part = options.part(config, "supsup", SUPSUP_DEFAULTS)
   options.flag("config.supsup.transfer", part["transfer"])
   if part["keep_scores"] is None:
     part["keep_scores"] = bool(config.num_tasks <= 20)
   options.flag("config.supsup.keep_scores", part["keep_scores"])
+  options.choice("config.supsup.bank_split", part["bank_split"], BANK_SPLITS)
   return part
 
 
@@ -341,5 +363,6 @@ def from_config(config, stream) -> Learner:
               keep_scores=part["keep_scores"],
               inference_algorithm=config.inference_algorithm,
               inference_objective=config.inference_objective, detect_seed=config.seed,
-              provenance=None if loaded is None else loaded.provenance)
+              provenance=None if loaded is None else loaded.provenance,
+              bank_split=part["bank_split"])
 
