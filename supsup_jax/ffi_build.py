@@ -19,6 +19,8 @@ from typing import Mapping
 
 import jax
 
+from supsup_jax import xla_flags
+
 
 def cache_dir(name: str) -> str:
   root = os.environ.get("SUPSUP_CACHE_DIR") or os.path.join(
@@ -78,12 +80,7 @@ def load(name: str, source: str, targets: Mapping[str, str],
   return state["ok"]
 
 
-def usable_cores() -> int:
-  """The cores this process may run on."""
-  try:
-    return max(1, len(os.sched_getaffinity(0)))
-  except AttributeError:  # not Linux
-    return max(1, os.cpu_count() or 1)
+usable_cores = xla_flags.usable_cores  # the cores this process may run on
 
 
 def threads_per_call() -> int:

@@ -66,16 +66,17 @@ def cpu_device_count(cpu_devices, tasks_in_parallel: int = 1, cores: int | None 
                      "one device per core, e.g. --config.cpu_devices=0")
   if cpu_devices:
     return cpu_devices
-  cores = _usable_cores() if cores is None else cores
+  cores = usable_cores() if cores is None else cores
   t = max(1, int(tasks_in_parallel))
   return max(d for d in range(1, min(max(1, cores), t) + 1) if t % d == 0)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+  """The cores this process may run on."""
   try:
-    return len(os.sched_getaffinity(0))
+    return max(1, len(os.sched_getaffinity(0)))
   except AttributeError:  # not Linux
-    return os.cpu_count() or 1
+    return max(1, os.cpu_count() or 1)
 
 
 def split_cpu(num_devices: int, environ: MutableMapping[str, str] | None = None,
@@ -101,7 +102,7 @@ def split_cpu(num_devices: int, environ: MutableMapping[str, str] | None = None,
   if num_devices <= 1 or DEVICE_COUNT_FLAG in names:
     return current
   extra = [f"{DEVICE_COUNT_FLAG}={int(num_devices)}"]
-  if num_devices >= (cores or _usable_cores()) and EIGEN_THREADS_FLAG not in names:
+  if num_devices >= (cores or usable_cores()) and EIGEN_THREADS_FLAG not in names:
     extra.append(f"{EIGEN_THREADS_FLAG}=false")
   env["XLA_FLAGS"] = " ".join([current, *extra]).strip()
   return env["XLA_FLAGS"]
