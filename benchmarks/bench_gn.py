@@ -266,27 +266,23 @@ def _config_2500(overrides: dict):
   return config
 
 
-def _config_devices(config) -> int:
-  """The CPU devices the run of ``config`` would split the host into (1 off
-  the CPU: the flag only splits the host platform)."""
-  from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
-  if jax.default_backend() != "cpu":
-    return 1
-  return xla_flags.cpu_device_count(config.cpu_devices, config.tasks_in_parallel)
-
-
 def _on_config_devices(fn_name: str, overrides: dict):
   """Runs ``fn_name(overrides)`` (a function of this module returning Stats)
   on the devices the run would use: in this process if its CPU is split as
-  the config asks, else in a subprocess whose CPU is (XLA's device count is
-  fixed when JAX starts). None: run it here."""
-  want = _config_devices(_config_2500(overrides))
-  if want == jax.local_device_count():
-    return None
+  the config asks (or off the CPU: the split only applies to the host), else
+  in a subprocess whose CPU is (XLA fixes its device count when it starts).
+  None: run it here."""
   from supsup_jax import xla_flags  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != "cpu":
+    return None
+  config = _config_2500(overrides)
+  want = xla_flags.cpu_device_count(config.cpu_devices, config.tasks_in_parallel)
+  if want == jax.local_device_count("cpu"):
+    return None
   env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if not f.startswith(xla_flags.DEVICE_COUNT_FLAG))
+  env["XLA_FLAGS"] = " ".join(  # this process's split, if any, is not the child's
+      f for f in env.get("XLA_FLAGS", "").split()
+      if f.split("=", 1)[0] not in (xla_flags.DEVICE_COUNT_FLAG, xla_flags.EIGEN_THREADS_FLAG))
   xla_flags.apply_cpu_defaults(env)
   xla_flags.split_cpu(want, env)
   out = subprocess.run(
