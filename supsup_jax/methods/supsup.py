@@ -22,7 +22,9 @@ On a mesh of several devices (``place_memory``) the bank's rows are split
 over all of them and the rest is replicated; task inference and new-task
 detection then run where the rows are (:mod:`supsup_jax.sharded_inference`,
 chosen at call time from the rows' sharding), and ``end_task``/``logits``
-touch only the owner's row.
+touch only the owner's row. With ``bank_split="units"`` every device holds
+the whole bank instead and one-shot inference splits the test units over
+the devices (:func:`supsup_jax.sharded_inference.alpha_grads_by_units`).
 
 task_state: :class:`supsup_jax.training.TaskState`.
 """
