@@ -118,8 +118,10 @@ def alpha_grads_by_units(masked: MaskedModel, weights, bank, images_many, mesh: 
   grads = _grads_by_units(masked, state.layout, weights, state.rows, state.counts,
                           state.num_tasks.astype(jnp.float32), images_many, batch_stats,
                           objective, state.packed, mesh, block)
-  grads = distributed.gathered(grads)[:n, :k]
-  if checks.is_concrete(grads) and not checks.all_finite(grads):
+  if not checks.is_concrete(grads):  # under jit: the caller's program lays it out
+    return grads[:n, :k]
+  grads = distributed.gathered(grads)[:n, :k]  # readable by every process
+  if not checks.all_finite(grads):
     inference._refuse_nonfinite(weights, images_many, batch_stats)  # pylint: disable=protected-access
   return grads
 

@@ -212,6 +212,9 @@ def _units_checks(masked, weights, bank, images, mesh, ref):
       "units_mesh_one": si.units_mesh(bank) is None,
       "units_shape": list(np.shape(got)),
       "units_max_abs_diff": float(np.max(np.abs(np.asarray(got) - ref))),
+      "units_jit_diff": float(np.max(np.abs(np.asarray(jax.jit(
+          lambda w, b, x: si.alpha_grads_by_units(masked, w, b, x, mesh, num_tasks=21))(
+              weights, copied, images)) - np.asarray(got)))),
       "units_placed_copied": bool(placed["bank"].rows.sharding.is_fully_replicated),
       "units_learner": np.asarray(learner.infer_task(placed, bank.num_tasks, images)).tolist(),
       "units_learner_one": np.asarray(learner.infer_task(memory, bank.num_tasks, images)).tolist(),
@@ -463,6 +466,7 @@ def test_sharded_inference_matches_unsharded(tmp_path):
   assert out["units_mesh"] and out["units_mesh_one"] and out["units_placed_copied"]
   assert out["units_shape"] == [6, 21]  # the padding units dropped
   assert out["units_max_abs_diff"] <= 1e-5 * out["scale"] + 1e-7, out
+  assert out["units_jit_diff"] <= 1e-6 * out["scale"], out  # jit-safe
   assert out["units_learner"] == out["units_learner_one"] == out["oneshot_ref"]
   assert out["units_rejects_bad_split"] == "bank_split 'cols' unknown; allowed: rows, units"
 
